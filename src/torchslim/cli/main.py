@@ -1,0 +1,229 @@
+"""The ``torchslim`` command line: compress | export | bench | runs | report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from torchslim.core.errors import TorchSlimError
+
+app = typer.Typer(
+    name="torchslim",
+    help="Make PyTorch models smaller and faster, and prove it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+runs_app = typer.Typer(help="The run store: every compress run with its per-stage figures.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+console = Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def _store(runs_db: Path | None):  # type: ignore[no-untyped-def]
+    from torchslim.reports.store import RunStore
+
+    return RunStore(runs_db)
+
+
+def _dataset_for(model_name: str, split: str):  # type: ignore[no-untyped-def]
+    from torchslim import data
+
+    if model_name.endswith("fmnist") or "fashion" in model_name:
+        return data.fashion_mnist(split)
+    if model_name.endswith("mnist"):
+        return data.mnist(split)
+    return None
+
+
+@app.command()
+def compress(
+    model: Annotated[str, typer.Option(help="A zoo model name (see `torchslim compress --list-models`), e.g. resnet-fmnist.")] = "resnet-fmnist",
+    recipe: Annotated[Path | None, typer.Option(help="Recipe YAML: a list of stages (prune, distill, quantize ...).")] = None,
+    data: Annotated[str | None, typer.Option(help="Training/calibration data: fashion-mnist or mnist (default: the model's own).")] = None,
+    report_dir: Annotated[Path | None, typer.Option(help="Write report.md, report.html and report.json here.")] = None,
+    export_dir: Annotated[Path | None, typer.Option(help="Also copy the final model.onnx and checkpoint here.")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Where each stage's checkpoint and ONNX go (default ~/.torchslim/work/run-ID).")] = None,
+    runs_db: Annotated[Path | None, typer.Option(help="Run store (SQLite) path; default ~/.torchslim/runs.db or $TORCHSLIM_RUNS_DB.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the newest interrupted run of this model and recipe.")] = False,
+    resume_run: Annotated[int | None, typer.Option(help="Continue this run id.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads for PyTorch and ONNX Runtime (default: recipe's, else all cores).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    list_models: Annotated[bool, typer.Option("--list-models", help="List the zoo's models and exit.")] = False,
+) -> None:
+    """Run a recipe of stages on a model, measure after each stage, and report."""
+    from torchslim import zoo
+    from torchslim.pipeline import compress as run_compress
+    from torchslim.pipeline import load_recipe
+
+    if list_models:
+        for name in zoo.available():
+            typer.echo(name)
+        return
+    if recipe is None:
+        _fail("--recipe is required (example: examples/recipes/demo.yaml)")
+    assert recipe is not None
+    rec = load_recipe(recipe)  # fails before any work on a bad recipe
+    if threads is not None:
+        rec = rec.model_copy(update={"threads": threads})
+    train = _dataset_for(data or model, "train")
+    test = _dataset_for(data or model, "test")
+    if train is None:
+        _fail(f"no data set known for model {model!r}: pass --data fashion-mnist or --data mnist")
+    net = zoo.load(model, pretrained=True, progress=progress)
+    store = _store(runs_db)
+    console.print(f"[bold]torchslim compress[/] {model} with {recipe} ({len(rec.stages)} stages)")
+
+    def on_stage(m) -> None:  # type: ignore[no-untyped-def]
+        acc = f"{100 * m.accuracy:.2f}%" if m.accuracy is not None else "-"
+        console.print(f"  [green]done[/] {m.name}: accuracy {acc}, params {m.params:,}, size {m.size_bytes:,} B, {m.seconds:.1f} s")
+
+    try:
+        result = run_compress(
+            net,
+            rec,
+            data=train,
+            eval_data=test,
+            work_dir=work_dir,
+            report_dir=report_dir,
+            store=store,
+            resume=resume_run if resume_run is not None else resume,
+            progress=progress,
+            on_stage=on_stage,
+        )
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: the run is marked 'interrupted'; continue it with --resume")
+        raise typer.Exit(130) from None
+    result.table()
+    if export_dir is not None:
+        paths = result.export(export_dir)
+        console.print(f"exported: {', '.join(str(p) for p in paths.values())}")
+    if report_dir is not None:
+        console.print(f"report: {report_dir}/report.md, report.html, report.json (run {result.run_id})")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="A torchslim checkpoint directory (model.safetensors + structure.json).")],
+    output: Annotated[Path, typer.Option(help="The .onnx file to write.")],
+    batch: Annotated[int, typer.Option(help="Batch size of the example input used for export and parity.")] = 8,
+    input_shape: Annotated[str | None, typer.Option(help="Per-sample input shape, e.g. 1,28,28 (default: from the checkpoint).")] = None,
+) -> None:
+    """Export a checkpoint to ONNX and check parity with ONNX Runtime."""
+    import torch
+
+    from torchslim.export.checkpoint import load_checkpoint, read_structure
+    from torchslim.export.onnx import export_onnx
+    from torchslim.export.parity import check_parity
+
+    model = load_checkpoint(checkpoint)
+    shape = [int(s) for s in input_shape.split(",")] if input_shape else (read_structure(checkpoint).get("meta") or {}).get("input_shape")
+    if not shape:
+        _fail("the checkpoint does not record its input shape: pass --input-shape, e.g. 1,28,28")
+    x = torch.randn(batch, *shape)
+    path = export_onnx(model, x, output)
+    rep = check_parity(model, path, x)
+    typer.echo(f"wrote {path}; parity vs ONNX Runtime: {json.dumps(_plain(rep))}")
+
+
+@app.command()
+def bench(
+    onnx: Annotated[list[Path], typer.Option(help="ONNX files to time (repeat the option).")],
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    input_shape: Annotated[str, typer.Option(help="Per-sample input shape.")] = "1,28,28",
+    repeats: Annotated[int, typer.Option(help="Timed samples per variant (median reported).")] = 20,
+    threads: Annotated[int | None, typer.Option(help="Threads (default: all cores).")] = None,
+) -> None:
+    """Time ONNX models side by side in ONNX Runtime (interleaved, warm, median of --repeats)."""
+    import torch
+
+    from torchslim.bench import latency
+
+    x = torch.randn(batch, *[int(s) for s in input_shape.split(",")])
+    variants = {str(p): latency.ort_callable(p, x, threads=threads) for p in onnx}
+    stats = latency.compare(variants, repeats=repeats, threads=threads)
+    from rich.table import Table
+
+    t = Table(title=f"ONNX Runtime latency, batch {batch}, threads {threads or torch.get_num_threads()}")
+    for col in ("model", "median ms", "p10 ms", "p90 ms", "samples"):
+        t.add_column(col)
+    for name, s in stats.items():
+        t.add_row(name, f"{s.median_ms:.2f}", f"{s.p10_ms:.2f}", f"{s.p90_ms:.2f}", str(s.n))
+    Console().print(t)
+
+
+@runs_app.command("list")
+def runs_list(
+    runs_db: Annotated[Path | None, typer.Option(help="Run store path.")] = None,
+    limit: Annotated[int, typer.Option(help="How many runs.")] = 50,
+) -> None:
+    """List recorded runs, newest first."""
+    from rich.table import Table
+
+    t = Table(title="torchslim runs")
+    for col in ("id", "created", "status", "title", "stages"):
+        t.add_column(col)
+    store = _store(runs_db)
+    for row in store.list_runs(limit=limit):
+        t.add_row(str(row.id), str(row.created), row.status, row.title, str(len(store.completed_stages(row.id))))
+    Console().print(t)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[int, typer.Argument(help="The run id (see `torchslim runs list`).")],
+    runs_db: Annotated[Path | None, typer.Option(help="Run store path.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Show one run's per-stage figures."""
+    from torchslim.reports.render import print_table
+
+    row, rep = _store(runs_db).get_run(run_id)
+    if as_json:
+        typer.echo(json.dumps(rep.to_dict(), indent=2, default=str))
+        return
+    Console().print(f"run {row.id}: {row.title} [{row.status}]")
+    print_table(rep)
+
+
+@app.command()
+def report(
+    run_id: Annotated[int, typer.Argument(help="The run id.")],
+    out: Annotated[Path, typer.Option(help="Directory for report.md / report.html / report.json.")] = Path("report"),
+    runs_db: Annotated[Path | None, typer.Option(help="Run store path.")] = None,
+) -> None:
+    """Write a stored run's report (markdown, HTML with plots, JSON)."""
+    from torchslim.reports.render import write_report
+
+    _, rep = _store(runs_db).get_run(run_id)
+    paths = write_report(rep, out)
+    typer.echo("\n".join(str(p) for p in paths.values()))
+
+
+def _plain(x):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        app()
+    except TorchSlimError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,572 @@
+"""The compression pipeline: a recipe of stages run in order on one model, measured after each stage.
+
+``compress(model, recipe, data=..., eval_data=...)`` runs each stage of the :class:`Recipe` (prune,
+distil, fine-tune, quantize ...), and after every stage saves the model (checkpoint + ONNX), measures
+accuracy, params, MACs and size on disk, and records the figures in the run store. At the end it times
+every stage's deployable artifact in PyTorch and ONNX Runtime in ONE interleaved run, so the speedups in
+the report are ratios measured side by side. An interrupted run (Ctrl-C, crash) is marked in the run
+store and continues from its last finished stage with ``resume=True`` (``--resume`` on the CLI).
+
+Stage configs are ordinary :class:`~torchslim.core.config.Config` subclasses; the function that runs a
+stage is registered in :data:`torchslim.core.registry.STAGES` against the config type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import field_validator
+from torch import nn
+from torch.utils.data import Dataset
+
+from torchslim.core.config import Config
+from torchslim.core.errors import ConfigError, TorchSlimError
+from torchslim.core.registry import STAGES
+from torchslim.reports.schema import Report, StageMetrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Recipe", "FineTune", "PipelineContext", "CompressResult", "compress", "load_recipe"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recipe
+# ---------------------------------------------------------------------------------------------------
+def _stage_types() -> None:
+    """Import the modules that define stage configs, so YAML ``type:`` names resolve."""
+    import torchslim.distillation  # noqa: F401
+    import torchslim.pruning  # noqa: F401
+    import torchslim.quantization  # noqa: F401
+
+
+class Recipe(Config):
+    """An ordered list of stages plus how to measure them.
+
+    YAML form::
+
+        name: demo
+        stages:
+          - {type: channel_prune, ratio: 0.5, round_to: 16}
+          - {type: hinton_kd, temperature: 4.0, train: {epochs: 2, lr: 0.01}}
+          - {type: static_ptq, num_calibration: 512}
+    """
+
+    type_name = "recipe"
+
+    name: str = "recipe"
+    stages: list[Any]
+    seed: int = 0
+    latency_batch: int = 64
+    latency_repeats: int = 15
+    threads: int | None = None
+    eval_limit: int | None = None  # evaluate on the first N held-out samples only (None: all)
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _parse_stages(cls, value: Any) -> list[Config]:
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError("a recipe needs a non-empty list of stages")
+        _stage_types()
+        out: list[Config] = []
+        for i, item in enumerate(value):
+            where = f"recipe.stages[{i}]"
+            if isinstance(item, dict):
+                item = Config.from_dict(item, where=where)
+            if not isinstance(item, Config):
+                raise ValueError(f"{where}: expected a stage config or a mapping with 'type', got {type(item).__name__}")
+            if type(item) not in STAGES:
+                known = ", ".join(sorted(c.type_name for c in STAGES.known()))
+                raise ValueError(f"{where}: {item.type_name!r} is not a pipeline stage (stages: {known})")
+            out.append(item)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["stages"] = [s.to_dict() for s in self.stages]
+        return d
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe from a YAML/JSON file (``yaml.safe_load``; never executes anything)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe file {p}: expected a mapping with 'stages', got {type(data).__name__}")
+    data.setdefault("type", "recipe")
+    return Recipe.from_dict(data, where="recipe")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Context and stage glue
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class PipelineContext:
+    """What a stage can read and change."""
+
+    model: nn.Module
+    original: nn.Module  # frozen copy of the input model: the teacher for distillation stages
+    train_data: Dataset | None
+    eval_data: Dataset | None
+    example_input: torch.Tensor
+    work_dir: Path
+    stage_index: int = 0
+    resume: bool = False
+    progress: bool = True
+    seed: int = 0
+    onnx_path: Path | None = None  # set by a stage that produces its own deployable ONNX (quantization)
+    quantized: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)  # the stage's own figures for the report
+
+    def stage_dir(self) -> Path:
+        d = self.work_dir / f"stage{self.stage_index}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def need_train_data(self, what: str) -> Dataset:
+        if self.train_data is None:
+            raise ConfigError(f"stage {what!r} trains the model and needs training data: pass data=... (CLI: --data)")
+        return self.train_data
+
+
+class FineTune(Config):
+    """Plain supervised fine-tuning (cross-entropy on the training data)."""
+
+    type_name = "finetune"
+    train: Any = None  # a TrainConfig; None: the TrainConfig defaults
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _train(cls, v: Any) -> Any:
+        from torchslim.train import TrainConfig
+
+        if v is None:
+            return TrainConfig()
+        if isinstance(v, dict):
+            return TrainConfig(**v)
+        return v
+
+
+def _register_stages() -> None:
+    from torchslim.distillation import HintonKD, distill
+    from torchslim.pruning import ChannelPrune, prune_
+    from torchslim.quantization import StaticPTQ, quantize_static
+
+    if ChannelPrune in STAGES:
+        return
+
+    @STAGES.register(ChannelPrune)
+    def _prune(cfg: ChannelPrune, ctx: PipelineContext) -> None:
+        result = prune_(ctx.model, cfg, (ctx.example_input,))
+        ctx.extra["kept_channels"] = {g.name: [g.channels_before, g.channels_after] for g in result.groups}
+        if result.skipped:
+            ctx.extra["skipped"] = [list(map(str, s)) for s in result.skipped]
+
+    @STAGES.register(HintonKD)
+    def _distill(cfg: HintonKD, ctx: PipelineContext) -> None:
+        res = distill(
+            ctx.model,
+            ctx.original,
+            ctx.need_train_data(cfg.type_name),
+            cfg,
+            checkpoint_dir=ctx.stage_dir() / "train",
+            resume=ctx.resume,
+            progress=ctx.progress,
+        )
+        ctx.extra["train_steps"] = res.steps
+
+    @STAGES.register(FineTune)
+    def _finetune(cfg: FineTune, ctx: PipelineContext) -> None:
+        from torchslim.train import Trainer
+
+        res = Trainer(ctx.model, cfg.train, checkpoint_dir=ctx.stage_dir() / "train", progress=ctx.progress).fit(
+            ctx.need_train_data(cfg.type_name), resume=ctx.resume
+        )
+        ctx.extra["train_steps"] = res.steps
+
+    @STAGES.register(StaticPTQ)
+    def _ptq(cfg: StaticPTQ, ctx: PipelineContext) -> None:
+        data = ctx.need_train_data(cfg.type_name)
+        g = torch.Generator().manual_seed(ctx.seed)
+        n = min(cfg.num_calibration, len(data))  # type: ignore[arg-type]
+        idx = torch.randperm(len(data), generator=g)[:n].tolist()  # type: ignore[arg-type]
+        calib = torch.stack([data[i][0] for i in idx])
+        q = quantize_static(ctx.model, cfg, calib, example_input=ctx.example_input, progress=ctx.progress)
+        path = q.export_onnx(ctx.stage_dir() / "model_int8.onnx", ctx.example_input)
+        parity = q.parity(path, ctx.example_input)
+        ctx.extra["parity"] = _as_dict(parity)
+        ctx.quantized = q
+        ctx.onnx_path = Path(path)
+
+
+def _as_dict(x: Any) -> Any:
+    if hasattr(x, "to_dict"):
+        return x.to_dict()
+    if hasattr(x, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(x)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------
+# compress
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class StageArtifact:
+    name: str
+    onnx_path: Path
+    torch_model: nn.Module | None  # None where the stage's deployable form is ONNX only (int8)
+
+
+@dataclass
+class CompressResult:
+    """The outcome of :func:`compress`: the final model, its deployable ONNX file and the report."""
+
+    model: nn.Module
+    onnx_path: Path
+    report: Report
+    run_id: int | None
+    work_dir: Path
+    artifacts: list[StageArtifact] = field(default_factory=list)
+
+    def table(self) -> None:
+        from torchslim.reports.render import print_table
+
+        print_table(self.report)
+
+    def export(self, directory: str | Path) -> dict[str, Path]:
+        """Copy the final ONNX model, write the checkpoint of the last PyTorch model and the report."""
+        import shutil
+
+        from torchslim.export.checkpoint import save_checkpoint
+        from torchslim.reports.render import write_report
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = dict(write_report(self.report, out))
+        dst = out / "model.onnx"
+        shutil.copyfile(self.onnx_path, dst)
+        paths["onnx"] = dst
+        paths["checkpoint"] = save_checkpoint(self.model, out / "checkpoint", meta={"title": self.report.title})
+        return paths
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _data_fingerprint(ds: Dataset | None) -> str | None:
+    if ds is None:
+        return None
+    h = hashlib.sha256()
+    tensors = getattr(ds, "tensors", None)
+    if tensors:
+        for t in tensors:
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.flatten()[:4096].numpy().tobytes())
+    else:
+        h.update(str(len(ds)).encode())  # type: ignore[arg-type]
+    return h.hexdigest()[:16]
+
+
+def _subset(ds: Dataset | None, limit: int | None) -> Dataset | None:
+    if ds is None or limit is None or limit >= len(ds):  # type: ignore[arg-type]
+        return ds
+    return torch.utils.data.Subset(ds, range(limit))
+
+
+def _measure_static(
+    name: str,
+    ctx: PipelineContext,
+    seconds: float,
+    baseline_costs: Any | None,
+) -> tuple[StageMetrics, StageArtifact]:
+    """Accuracy, params, MACs, size on disk of the stage's deployable artifact (latency comes later)."""
+    from torchslim.bench.accuracy import ort_predict, top1
+    from torchslim.core.cost import profile
+    from torchslim.export.checkpoint import save_checkpoint
+    from torchslim.export.onnx import export_onnx
+
+    ctx.model.eval()
+    sd = ctx.stage_dir()
+    extra = dict(ctx.extra)
+    costs = profile(ctx.model, (ctx.example_input[:1],))
+    if ctx.onnx_path is not None:  # the stage produced its own deployable (int8) model
+        onnx_path = ctx.onnx_path
+        torch_model = None
+        acc = top1(ort_predict(onnx_path), ctx.eval_data) if ctx.eval_data is not None else None
+        bops = costs.macs * 8 * 8
+    else:
+        onnx_path = export_onnx(ctx.model, ctx.example_input, sd / "model.onnx")
+        torch_model = ctx.model
+        acc = top1(ctx.model, ctx.eval_data) if ctx.eval_data is not None else None
+        ckpt = save_checkpoint(ctx.model, sd / "checkpoint", meta={"stage": name, "input_shape": list(ctx.example_input.shape[1:])})
+        from torchslim.bench.size import file_bytes
+
+        extra["checkpoint_bytes"] = file_bytes(ckpt)
+        bops = costs.bops
+    from torchslim.bench.size import file_bytes
+
+    extra["bops"] = int(bops)
+    m = StageMetrics(
+        name=name,
+        accuracy=acc,
+        params=int(costs.params),
+        macs=int(costs.macs),
+        size_bytes=file_bytes(onnx_path),
+        seconds=seconds,
+        extra=extra,
+    )
+    return m, StageArtifact(name, Path(onnx_path), torch_model)
+
+
+def _measure_latency(
+    artifacts: list[StageArtifact], example: torch.Tensor, repeats: int, threads: int | None
+) -> dict[str, dict[str, float | None]]:
+    """Time every artifact in PyTorch and ONNX Runtime in one interleaved run."""
+    from torchslim.bench import latency
+
+    latency.tune_malloc()
+    variants: dict[str, Callable[[], object]] = {}
+    for i, a in enumerate(artifacts):
+        key = f"{i}:{a.name}"
+        if a.torch_model is not None:
+            variants[key + ":torch"] = latency.torch_callable(a.torch_model, example)
+        variants[key + ":ort"] = latency.ort_callable(a.onnx_path, example, threads=threads)
+    stats = latency.compare(variants, repeats=repeats, threads=threads)
+    out: dict[str, dict[str, float | None]] = {}
+    for i, a in enumerate(artifacts):
+        key = f"{i}:{a.name}"
+        t = stats.get(key + ":torch")
+        o = stats.get(key + ":ort")
+        out[key] = {
+            "torch": t.median_ms if t is not None else None,
+            "ort": o.median_ms if o is not None else None,
+        }
+    return out
+
+
+@contextlib.contextmanager
+def _run_status(store: Any, run_id: int | None) -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        if store is not None and run_id is not None:
+            store.finish_run(run_id, "interrupted")
+        raise
+    except BaseException:
+        if store is not None and run_id is not None:
+            store.finish_run(run_id, "failed")
+        raise
+
+
+def compress(
+    model: nn.Module,
+    recipe: Recipe | dict[str, Any] | str | Path,
+    data: Dataset | None = None,
+    eval_data: Dataset | None = None,
+    *,
+    example_input: torch.Tensor | None = None,
+    title: str | None = None,
+    work_dir: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    store: Any = None,
+    resume: bool | int = False,
+    progress: bool = True,
+    on_stage: Callable[[StageMetrics], None] | None = None,
+) -> CompressResult:
+    """Run ``recipe`` on ``model`` and measure after every stage.
+
+    Args:
+        model: the model to compress (modified in place; a frozen copy is kept as the teacher).
+        recipe: a :class:`Recipe`, its dict form, or a YAML path.
+        data: training data (distillation, fine-tuning) and the source of calibration samples.
+        eval_data: held-out data for accuracy (never used for training or calibration).
+        example_input: a batch used for export and latency; default: the first ``latency_batch``
+            samples of ``eval_data`` (or ``data``).
+        work_dir: where checkpoints and ONNX files of each stage go (default ``~/.torchslim/work/run-ID``).
+        report_dir: if given, write report.md / report.html / report.json there.
+        store: a :class:`~torchslim.reports.store.RunStore`; default: the user's run store.
+        resume: ``True`` resumes the newest unfinished run of this recipe and model; an int resumes that run.
+
+    Example::
+
+        import torchslim as ts
+        model = ts.zoo.load("resnet-fmnist")
+        r = ts.compress(model, "examples/recipes/demo.yaml",
+                        data=ts.data.fashion_mnist("train"), eval_data=ts.data.fashion_mnist("test"))
+        r.table()
+    """
+    import copy
+
+    from torchslim.export.checkpoint import load_checkpoint
+    from torchslim.reports.store import RunStore
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe) if isinstance(recipe, str | Path) else Recipe.from_dict({"type": "recipe", **recipe})
+    _register_stages()
+    _seed_everything(recipe.seed)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    threads = recipe.threads or torch.get_num_threads()
+
+    source = eval_data if eval_data is not None else data
+    if example_input is None:
+        if source is None:
+            raise ConfigError("compress needs example_input=... or a data set to take an example batch from")
+        n = min(recipe.latency_batch, len(source))  # type: ignore[arg-type]
+        example_input = torch.stack([source[i][0] for i in range(n)])
+    eval_set = _subset(eval_data, recipe.eval_limit)
+
+    from torchslim.zoo import spec_of
+
+    spec = spec_of(model)
+    title = title or f"{(spec or {}).get('name', type(model).__name__)} / {recipe.name}"
+    store = store if store is not None else RunStore()
+    fingerprint = {"recipe": recipe.fingerprint(), "model": json.dumps(spec, sort_keys=True, default=str)}
+
+    run_id: int | None = None
+    done: list[StageMetrics] = []
+    if resume:
+        run_id = _find_resumable(store, fingerprint, resume)
+        if run_id is not None:
+            row, rep = store.get_run(run_id)
+            done = store.completed_stages(run_id)
+            work = Path(row.meta["work_dir"])
+            log.info("resuming run %s from stage %d", run_id, len(done))
+        else:
+            log.info("no unfinished run of this recipe to resume: starting a new one")
+    from torchslim.bench.latency import environment
+
+    meta: dict[str, Any] = {
+        "batch": int(example_input.shape[0]),
+        "input_shape": list(example_input.shape),
+        "threads": threads,
+        "seed": recipe.seed,
+        "environment": environment(),
+        "data": getattr(data, "name", type(data).__name__ if data is not None else None),
+        "data_hash": _data_fingerprint(data),
+        "eval_data": getattr(eval_data, "name", None),
+        "eval_samples": len(eval_set) if eval_set is not None else 0,  # type: ignore[arg-type]
+        "fingerprint": fingerprint,
+    }
+    if run_id is None:
+        run_id = store.start_run(title, recipe.to_dict(), meta)
+        work = Path(work_dir) if work_dir is not None else _default_work_dir(run_id)
+        meta["work_dir"] = str(work)
+        store.update_meta(run_id, meta)
+        done = []
+    else:
+        store.finish_run(run_id, "running")
+    work.mkdir(parents=True, exist_ok=True)
+
+    original = copy.deepcopy(model).eval()
+    for p in original.parameters():
+        p.requires_grad_(False)
+
+    report = Report(title=title, meta={**meta, "recipe": recipe.to_dict(), "run_id": run_id})
+    ctx = PipelineContext(
+        model=model,
+        original=original,
+        train_data=data,
+        eval_data=eval_set,
+        example_input=example_input,
+        work_dir=work,
+        progress=progress,
+        seed=recipe.seed,
+    )
+    artifacts: list[StageArtifact] = []
+    names = ["original"] + [f"{i + 1}. {s.type_name}" for i, s in enumerate(recipe.stages)]
+
+    with _run_status(store, run_id):
+        for idx, name in enumerate(names):
+            ctx.stage_index = idx
+            ctx.extra = {}
+            if idx < len(done):  # finished in an earlier, interrupted attempt: reload, don't redo
+                prev = done[idx]
+                report.stages.append(prev)
+                sd = ctx.stage_dir()
+                if (sd / "checkpoint").exists():
+                    ctx.model = load_checkpoint(sd / "checkpoint", model=ctx.model)
+                    artifacts.append(StageArtifact(name, sd / "model.onnx", ctx.model))
+                else:
+                    artifacts.append(StageArtifact(name, Path(prev.extra["onnx_path"]), None))
+                    ctx.onnx_path = Path(prev.extra["onnx_path"])
+                continue
+            t0 = time.perf_counter()
+            if idx > 0:
+                stage_cfg = recipe.stages[idx - 1]
+                ctx.resume = bool(resume)
+                STAGES.resolve(stage_cfg)(stage_cfg, ctx)
+                if ctx.onnx_path is not None and idx < len(names) - 1:
+                    raise ConfigError(
+                        f"recipe.stages[{idx - 1}] ({stage_cfg.type_name}) produces an int8 ONNX model: "
+                        "it must be the last stage"
+                    )
+            seconds = time.perf_counter() - t0
+            metrics, art = _measure_static(name, ctx, seconds, None)
+            metrics.extra["onnx_path"] = str(art.onnx_path)
+            report.stages.append(metrics)
+            artifacts.append(art)
+            store.record_stage(run_id, idx, metrics)
+            if on_stage is not None:
+                on_stage(metrics)
+
+        lat = _measure_latency(artifacts, example_input, recipe.latency_repeats, threads)
+        for i, (m, a) in enumerate(zip(report.stages, artifacts, strict=True)):
+            figures = lat[f"{i}:{a.name}"]
+            m.latency_ms_torch = figures["torch"]
+            m.latency_ms_ort = figures["ort"]
+            store.record_stage(run_id, i, m)
+        store.finish_run(run_id, "finished")
+
+    if report_dir is not None:
+        from torchslim.reports.render import write_report
+
+        write_report(report, Path(report_dir))
+    final_onnx = artifacts[-1].onnx_path
+    return CompressResult(model=ctx.model, onnx_path=final_onnx, report=report, run_id=run_id, work_dir=work, artifacts=artifacts)
+
+
+def _default_work_dir(run_id: int) -> Path:
+    import os
+
+    root = Path(os.environ.get("TORCHSLIM_HOME", Path.home() / ".torchslim"))
+    return root / "work" / f"run-{run_id}"
+
+
+def _find_resumable(store: Any, fingerprint: dict[str, str], resume: bool | int) -> int | None:
+    if not isinstance(resume, bool):
+        row, _ = store.get_run(int(resume))
+        if row.status == "finished":
+            raise TorchSlimError(f"run {resume} already finished; nothing to resume")
+        return int(resume)
+    for row in store.list_runs(limit=200):
+        if row.status in ("interrupted", "failed", "running") and (row.meta or {}).get("fingerprint") == fingerprint:
+            return int(row.id)
+    return None

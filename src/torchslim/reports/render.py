@@ -1,0 +1,243 @@
+"""Render a :class:`~torchslim.reports.schema.Report` as markdown, self-contained HTML, JSON or a rich table.
+
+Example::
+
+    >>> paths = write_report(report, "out/")     # {"md": out/report.md, "html": ..., "json": ...}  # doctest: +SKIP
+    >>> print_table(report)                                                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+from torchslim.core.io import atomic_write_json, atomic_write_text
+from torchslim.reports.schema import Report, StageMetrics
+
+__all__ = ["to_markdown", "to_html", "to_json", "write_report", "print_table", "COLUMNS"]
+
+COLUMNS = (
+    "Stage",
+    "Accuracy %",
+    "Params",
+    "MACs",
+    "Size on disk",
+    "Torch ms",
+    "ORT ms",
+    "Speedup ORT",
+    "Speedup torch",
+    "Size ratio",
+)
+
+_JSON_STAGE_KEYS = ("name", "accuracy", "params", "macs", "size_bytes", "latency_ms_torch", "latency_ms_ort")
+_META_KEYS = ("batch", "threads", "versions")
+
+
+# --------------------------------------------------------------------------- formatting
+def _count(v: int | None) -> str:
+    if v is None:
+        return "–"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{unit}"
+    return str(v)
+
+
+def _bytes(v: int | None) -> str:
+    if v is None:
+        return "–"
+    for div, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if v >= div:
+            return f"{v / div:.2f} {unit}"
+    return f"{v} B"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _size_ratio(report: Report, s: StageMetrics) -> float | None:
+    base = report.baseline()
+    if base is None or base.size_bytes in (None, 0) or s.size_bytes in (None, 0):
+        return None
+    assert base.size_bytes is not None and s.size_bytes is not None
+    return base.size_bytes / s.size_bytes
+
+
+def _ratio_text(sr: float | None) -> str:
+    if sr is None:
+        return "–"
+    if abs(sr - 1.0) < 0.005:
+        return "1.00x"
+    return f"{sr:.2f}x smaller" if sr > 1 else f"{1 / sr:.2f}x larger"
+
+
+def _rows(report: Report) -> list[list[str]]:
+    rows = []
+    for s in report.stages:
+        sp_ort, sp_t, sr = report.speedup(s, "ort"), report.speedup(s, "torch"), _size_ratio(report, s)
+        rows.append(
+            [
+                s.name,
+                _num(None if s.accuracy is None else 100 * s.accuracy, ".2f"),
+                _count(s.params),
+                _count(s.macs),
+                _bytes(s.size_bytes),
+                _num(s.latency_ms_torch, ".2f"),
+                _num(s.latency_ms_ort, ".2f"),
+                "–" if sp_ort is None else f"{sp_ort:.2f}x",
+                "–" if sp_t is None else f"{sp_t:.2f}x",
+                _ratio_text(sr),
+            ]
+        )
+    return rows
+
+
+def _conditions(report: Report) -> list[tuple[str, str]]:
+    """(label, value) lines describing how the figures were measured."""
+    m = report.meta
+    out: list[tuple[str, str]] = []
+    for key, label in (("batch", "batch"), ("input_shape", "input shape"), ("threads", "threads")):
+        if m.get(key) is not None:
+            out.append((label, str(m[key])))
+    env: dict[str, Any] = m["environment"] if isinstance(m.get("environment"), dict) else {}
+    versions = m.get("versions") or env.get("versions")
+    if isinstance(versions, dict) and versions:
+        out.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None)))
+    machine = m.get("machine") or env.get("machine")
+    if isinstance(machine, dict) and machine:
+        parts = [str(machine.get("cpu", ""))]
+        if machine.get("cores") is not None:
+            parts.append(f"{machine['cores']} cores")
+        if machine.get("isa"):
+            isa = machine["isa"]
+            parts.append(" ".join(isa) if isinstance(isa, list) else str(isa))
+        out.append(("machine", ", ".join(p for p in parts if p)))
+    elif machine:
+        out.append(("machine", str(machine)))
+    malloc = m.get("malloc") or env.get("malloc")
+    if isinstance(malloc, dict) and "applied" in malloc:
+        out.append(
+            ("malloc", "glibc trim/mmap thresholds raised" if malloc["applied"] else "default (not tuned)")
+        )
+    for key, label in (("eval_data", "evaluated on"), ("seed", "seed"), ("latency_note", "latency")):
+        if m.get(key) is not None:
+            out.append((label, str(m[key])))
+    return out
+
+
+# --------------------------------------------------------------------------- markdown / JSON / HTML
+def to_markdown(report: Report) -> str:
+    """A markdown page: title, one table row per stage, then the measurement conditions."""
+    lines = [f"# {report.title}", ""]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|")
+    for r in _rows(report):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
+    lines.append("")
+    lines.append("Speedups and size ratios are relative to the first stage, measured in the same run.")
+    conds = _conditions(report)
+    if conds:
+        lines += ["", "## Measurement conditions", ""]
+        lines += [f"- **{k}**: {v}" for k, v in conds]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    """The JSON document of ``report.json``: title, ``stages`` (the figures plus speedups) and ``meta``."""
+    stages = []
+    for s in report.stages:
+        d = {k: getattr(s, k) for k in _JSON_STAGE_KEYS}
+        d["seconds"] = s.seconds
+        d["speedup_ort"] = report.speedup(s, "ort")
+        d["speedup_torch"] = report.speedup(s, "torch")
+        d["size_ratio"] = _size_ratio(report, s)
+        d["extra"] = s.extra
+        stages.append(d)
+    meta = dict(report.meta)
+    env: dict[str, Any] = meta["environment"] if isinstance(meta.get("environment"), dict) else {}
+    for k in _META_KEYS:
+        if meta.get(k) is None:
+            meta[k] = env.get(k)
+    return {"title": report.title, "stages": stages, "meta": meta}
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}
+table{border-collapse:collapse;width:100%;font-size:.92em}
+th,td{border-bottom:1px solid #ddd;padding:.4em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}
+th{background:#f4f4f4}tr:hover td{background:#fafafa}
+.note{color:#666;font-size:.85em}
+img{max-width:100%;height:auto;margin:.5em 0}
+dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:600}dd{margin:0}
+"""
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    b64 = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def to_html(report: Report, plots: bool = True) -> str:
+    """A self-contained HTML page (inline CSS, plots as base64 PNG: no external asset or URL)."""
+    e = html.escape
+    head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in _rows(report))
+    imgs = ""
+    if plots:
+        from torchslim.reports.plots import accuracy_vs_latency, size_bars
+
+        imgs = _img(accuracy_vs_latency(report, "ort"), "accuracy vs ONNX Runtime latency")
+        if not imgs:
+            imgs = _img(accuracy_vs_latency(report, "torch"), "accuracy vs PyTorch latency")
+        imgs += _img(size_bars(report), "size on disk per stage")
+    conds = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _conditions(report))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{e(report.title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{e(report.title)}</h1>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        '<p class="note">Speedups and size ratios are relative to the first stage, measured in the same run.</p>'
+        + (f"<h2>Plots</h2>{imgs}" if imgs else "")
+        + (f"<h2>Measurement conditions</h2><dl>{conds}</dl>" if conds else "")
+        + "</body></html>\n"
+    )
+
+
+def write_report(report: Report, directory: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and ``report.json`` into ``directory`` (atomically, each).
+
+    Returns ``{"md": path, "html": path, "json": path}``.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {"md": d / "report.md", "html": d / "report.html", "json": d / "report.json"}
+    atomic_write_json(paths["json"], to_json(report))
+    atomic_write_text(paths["md"], to_markdown(report))
+    atomic_write_text(paths["html"], to_html(report))
+    return paths
+
+
+def print_table(report: Report, console: Any = None) -> None:
+    """Print the per-stage table (and the measurement conditions) with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=report.title)
+    for i, c in enumerate(COLUMNS):
+        table.add_column(c, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for r in _rows(report):
+        table.add_row(*r)
+    console.print(table)
+    conds = _conditions(report)
+    if conds:
+        console.print("; ".join(f"{k}: {v}" for k, v in conds), style="dim")

@@ -1,0 +1,52 @@
+"""The CLI: bad input fails before any work with a clear message; runs list/show read the store."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from torchslim.cli.main import app
+from torchslim.reports.schema import StageMetrics
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command():
+    out = runner.invoke(app, ["--help"]).output
+    for cmd in ("compress", "export", "bench", "runs", "report"):
+        assert cmd in out
+
+
+def test_bad_recipe_fails_before_loading_the_model(tmp_path, monkeypatch):
+    import torchslim.zoo as zoo
+
+    def boom(*a, **k):
+        raise AssertionError("the model must not be loaded for an invalid recipe")
+
+    monkeypatch.setattr(zoo, "load", boom)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - {type: channel_prune, ratio: 0.5, importanse: l1}\n")
+    res = runner.invoke(app, ["compress", "--recipe", str(bad), "--runs-db", str(tmp_path / "r.db")])
+    assert res.exit_code != 0
+    assert "recipe.stages[0].importanse: unknown field" in str(res.exception) + res.output
+
+
+def test_runs_list_and_show(tmp_path):
+    from torchslim.reports.store import RunStore
+
+    db = tmp_path / "runs.db"
+    store = RunStore(db)
+    rid = store.start_run("demo", {"stages": []}, {"batch": 64})
+    store.record_stage(rid, 0, StageMetrics(name="original", accuracy=0.9, params=100, latency_ms_ort=2.0))
+    store.finish_run(rid, "finished")
+    out = runner.invoke(app, ["runs", "list", "--runs-db", str(db)])
+    assert out.exit_code == 0 and "demo" in out.output and "finished" in out.output
+    out = runner.invoke(app, ["runs", "show", str(rid), "--runs-db", str(db), "--json"])
+    assert out.exit_code == 0 and '"original"' in out.output
+
+
+@pytest.mark.parametrize("args", [["runs", "show", "999"], ["report", "999"]])
+def test_unknown_run_is_a_clear_error(tmp_path, args):
+    res = runner.invoke(app, [*args, "--runs-db", str(tmp_path / "r.db")])
+    assert res.exit_code != 0
+    assert "999" in str(res.exception) + res.output

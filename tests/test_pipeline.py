@@ -1,0 +1,164 @@
+"""The pipeline: recipe validation before any work, an end-to-end compress on a tiny model, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from torchslim.core.errors import ConfigError
+from torchslim.pipeline import Recipe, compress, load_recipe
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "recipes" / "demo.yaml"
+
+
+def test_demo_recipe_parses_into_typed_stages():
+    r = load_recipe(DEMO)
+    assert [s.type_name for s in r.stages] == ["channel_prune", "hinton_kd", "static_ptq"]
+    # round trip through the dict form keeps every field
+    again = Recipe.from_dict(r.to_dict())
+    assert again.to_dict() == r.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("stage", "needle"),
+    [
+        ({"type": "channel_prune", "ratio": 0.5, "ratoi": 1}, "recipe.stages[0].ratoi: unknown field"),
+        ({"type": "channel_prune", "ratio": "half"}, "recipe.stages[0].ratio"),
+        ({"type": "channel_prune", "ratio": 1.5}, "recipe.stages[0].ratio"),
+        ({"type": "no_such_stage"}, "unknown type 'no_such_stage'"),
+        ({"type": "static_ptq", "activations": "int4"}, "recipe.stages[0].activations"),
+    ],
+)
+def test_bad_recipe_fails_before_work_naming_the_field(stage, needle):
+    with pytest.raises(ConfigError) as e:
+        Recipe.from_dict({"type": "recipe", "stages": [stage]})
+    assert needle in str(e.value)
+
+
+def test_recipe_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages: [ {type: channel_prune, ratio: 0.5\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("stages: []\n")
+    with pytest.raises(ConfigError, match="non-empty list of stages"):
+        load_recipe(empty)
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)) + x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _digits(split: str):
+    from torchslim.data import digits
+
+    ds = digits()
+    x, y = ds.tensors
+    x = torch.nn.functional.interpolate(x.reshape(-1, 1, 8, 8).float(), size=(16, 16))
+    n = 1400
+    sl = slice(0, n) if split == "train" else slice(n, None)
+    return torch.utils.data.TensorDataset(x[sl], y[sl])
+
+
+@pytest.fixture
+def tiny_setup(tmp_path):
+    from torchslim.train import Trainer, TrainConfig
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    train, test = _digits("train"), _digits("test")
+    Trainer(model, TrainConfig(epochs=3, lr=0.05, batch_size=64), progress=False).fit(train)
+    recipe = Recipe.from_dict(
+        {
+            "type": "recipe",
+            "latency_batch": 16,
+            "latency_repeats": 3,
+            "threads": 1,
+            "stages": [
+                {"type": "channel_prune", "ratio": 0.5, "round_to": 16},
+                {"type": "hinton_kd", "train": {"epochs": 1, "lr": 0.02, "batch_size": 64}},
+                {"type": "static_ptq", "num_calibration": 128},
+            ],
+        }
+    )
+    return model, train, test, recipe
+
+
+def test_compress_end_to_end_on_a_tiny_model(tiny_setup, tmp_path):
+    from torchslim.reports.store import RunStore
+
+    model, train, test, recipe = tiny_setup
+    store = RunStore(tmp_path / "runs.db")
+    r = compress(model, recipe, data=train, eval_data=test, work_dir=tmp_path / "work", report_dir=tmp_path / "rep",
+                 store=store, progress=False)
+    names = [s.name for s in r.report.stages]
+    assert names == ["original", "1. channel_prune", "2. hinton_kd", "3. static_ptq"]
+    orig, pruned, kd, q = r.report.stages
+    # pruning physically removed channels: fewer params and MACs (32 -> 16 channels: ~4x fewer conv MACs)
+    assert pruned.params < 0.5 * orig.params and pruned.macs < 0.4 * orig.macs
+    # int8 artifact is smaller on disk than the FP32 one of the same structure (>= 2.5x for int8 weights)
+    assert q.size_bytes * 2.5 < kd.size_bytes
+    # accuracy: digits are easy; distillation recovers to within 5 points of the original (metric: top-1)
+    assert orig.accuracy > 0.85
+    assert kd.accuracy > orig.accuracy - 0.05
+    assert q.accuracy > kd.accuracy - 0.03
+    # every stage has latencies in ORT; PyTorch latency for the float stages
+    assert all(s.latency_ms_ort and s.latency_ms_ort > 0 for s in r.report.stages)
+    assert q.latency_ms_torch is None and orig.latency_ms_torch > 0
+    # parity between the simulated int8 model and ONNX Runtime is recorded
+    assert q.extra["parity"]["top1_agreement"] >= 0.95
+    for f in ("report.md", "report.html", "report.json"):
+        assert (tmp_path / "rep" / f).stat().st_size > 100
+    row, stored = store.get_run(r.run_id)
+    assert row.status == "finished" and [s.name for s in stored.stages] == names
+
+
+def test_interrupted_compress_resumes_from_last_finished_stage(tiny_setup, tmp_path, monkeypatch):
+    from torchslim import pipeline
+    from torchslim.reports.store import RunStore
+
+    model, train, test, recipe = tiny_setup
+    store = RunStore(tmp_path / "runs.db")
+    pristine = {k: v.clone() for k, v in model.state_dict().items()}
+
+    calls: list[str] = []
+    real = pipeline._measure_static
+
+    def interrupt_after_prune(name, ctx, *a, **k):
+        calls.append(name)
+        if name.startswith("2."):
+            raise KeyboardInterrupt  # Ctrl-C during the distillation stage's measurement
+        return real(name, ctx, *a, **k)
+
+    monkeypatch.setattr(pipeline, "_measure_static", interrupt_after_prune)
+    with pytest.raises(KeyboardInterrupt):
+        compress(model, recipe, data=train, eval_data=test, work_dir=tmp_path / "w", store=store, progress=False)
+    (row,) = store.list_runs()
+    assert row.status == "interrupted"
+    assert [s.name for s in store.completed_stages(row.id)] == ["original", "1. channel_prune"]
+
+    monkeypatch.setattr(pipeline, "_measure_static", real)
+    fresh = TinyNet()
+    fresh.load_state_dict(pristine)
+    r = compress(fresh, recipe, data=train, eval_data=test, store=store, resume=True, progress=False)
+    assert r.run_id == row.id
+    assert [s.name for s in r.report.stages][-1] == "3. static_ptq"
+    assert store.get_run(row.id)[0].status == "finished"
