@@ -28,7 +28,7 @@ from pydantic import field_validator
 from torch import nn
 from torch.utils.data import Dataset
 
-from torchslim.core.config import Config
+from torchslim.core.config import _WHERE, Config
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.registry import STAGES
 from torchslim.reports.schema import Report, StageMetrics
@@ -41,11 +41,24 @@ __all__ = ["Recipe", "FineTune", "PipelineContext", "CompressResult", "compress"
 # ---------------------------------------------------------------------------------------------------
 # Recipe
 # ---------------------------------------------------------------------------------------------------
-def _stage_types() -> None:
-    """Import the modules that define stage configs, so YAML ``type:`` names resolve."""
-    import torchslim.distillation  # noqa: F401
-    import torchslim.pruning  # noqa: F401
-    import torchslim.quantization  # noqa: F401
+def _parse_stages(value: Any) -> list[Config]:
+    """Turn a list of stage configs or ``{type: ..., ...}`` mappings into typed, registered stages."""
+    where = _WHERE.get() or "recipe"
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(f"{where}.stages: a recipe needs a non-empty list of stages")
+    _register_stages()
+    out: list[Config] = []
+    for i, item in enumerate(value):
+        at = f"{where}.stages[{i}]"
+        if isinstance(item, dict):
+            item = Config.from_dict(item, where=at)
+        if not isinstance(item, Config):
+            raise ConfigError(f"{at}: expected a stage config or a mapping with 'type', got {type(item).__name__}")
+        if type(item) not in STAGES:
+            known = ", ".join(sorted(c.type_name for c in STAGES.known()))
+            raise ConfigError(f"{at}: {item.type_name!r} is not a pipeline stage (stages: {known})")
+        out.append(item)
+    return out
 
 
 class Recipe(Config):
@@ -70,24 +83,11 @@ class Recipe(Config):
     threads: int | None = None
     eval_limit: int | None = None  # evaluate on the first N held-out samples only (None: all)
 
-    @field_validator("stages", mode="before")
-    @classmethod
-    def _parse_stages(cls, value: Any) -> list[Config]:
-        if not isinstance(value, list | tuple) or not value:
-            raise ValueError("a recipe needs a non-empty list of stages")
-        _stage_types()
-        out: list[Config] = []
-        for i, item in enumerate(value):
-            where = f"recipe.stages[{i}]"
-            if isinstance(item, dict):
-                item = Config.from_dict(item, where=where)
-            if not isinstance(item, Config):
-                raise ValueError(f"{where}: expected a stage config or a mapping with 'type', got {type(item).__name__}")
-            if type(item) not in STAGES:
-                known = ", ".join(sorted(c.type_name for c in STAGES.known()))
-                raise ValueError(f"{where}: {item.type_name!r} is not a pipeline stage (stages: {known})")
-            out.append(item)
-        return out
+    def __init__(self, **data: Any) -> None:
+        # Stages are parsed here, outside pydantic, so their errors keep their own field paths.
+        if "stages" in data:
+            data["stages"] = _parse_stages(data["stages"])
+        super().__init__(**data)
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()

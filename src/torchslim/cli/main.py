@@ -127,7 +127,10 @@ def export(
     from torchslim.export.parity import check_parity
 
     model = load_checkpoint(checkpoint)
-    shape = [int(s) for s in input_shape.split(",")] if input_shape else (read_structure(checkpoint).get("meta") or {}).get("input_shape")
+    if input_shape:
+        shape = [int(s) for s in input_shape.split(",")]
+    else:
+        shape = list((read_structure(checkpoint).get("meta") or {}).get("input_shape") or [])
     if not shape:
         _fail("the checkpoint does not record its input shape: pass --input-shape, e.g. 1,28,28")
     x = torch.randn(batch, *shape)
