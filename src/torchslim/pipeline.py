@@ -14,6 +14,7 @@ stage is registered in :data:`torchslim.core.registry.STAGES` against the config
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -323,7 +324,8 @@ def _measure_static(
         bops = costs.macs * 8 * 8
     else:
         onnx_path = export_onnx(ctx.model, ctx.example_input, sd / "model.onnx")
-        torch_model = ctx.model
+        # a snapshot: later stages change ctx.model in place, and each stage is timed as it was
+        torch_model = copy.deepcopy(ctx.model).eval()
         acc = top1(ctx.model, ctx.eval_data) if ctx.eval_data is not None else None
         ckpt = save_checkpoint(ctx.model, sd / "checkpoint", meta={"stage": name, "input_shape": list(ctx.example_input.shape[1:])})
         from torchslim.bench.size import file_bytes
@@ -351,7 +353,6 @@ def _measure_latency(
     """Time every artifact in PyTorch and ONNX Runtime in one interleaved run."""
     from torchslim.bench import latency
 
-    latency.tune_malloc()
     variants: dict[str, Callable[[], object]] = {}
     for i, a in enumerate(artifacts):
         key = f"{i}:{a.name}"
@@ -422,8 +423,6 @@ def compress(
                         data=ts.data.fashion_mnist("train"), eval_data=ts.data.fashion_mnist("test"))
         r.table()
     """
-    import copy
-
     from torchslim.export.checkpoint import load_checkpoint
     from torchslim.reports.store import RunStore
 
@@ -461,7 +460,9 @@ def compress(
             log.info("resuming run %s from stage %d", run_id, len(done))
         else:
             log.info("no unfinished run of this recipe to resume: starting a new one")
-    from torchslim.bench.latency import environment
+    from torchslim.bench.latency import environment, tune_malloc
+
+    tune_malloc()  # before anything allocates: eager PyTorch is up to 2x slower without it (DESIGN.md 7)
 
     meta: dict[str, Any] = {
         "batch": int(example_input.shape[0]),
@@ -513,7 +514,7 @@ def compress(
                 sd = ctx.stage_dir()
                 if (sd / "checkpoint").exists():
                     ctx.model = load_checkpoint(sd / "checkpoint", model=ctx.model)
-                    artifacts.append(StageArtifact(name, sd / "model.onnx", ctx.model))
+                    artifacts.append(StageArtifact(name, sd / "model.onnx", copy.deepcopy(ctx.model).eval()))
                 else:
                     artifacts.append(StageArtifact(name, Path(prev.extra["onnx_path"]), None))
                     ctx.onnx_path = Path(prev.extra["onnx_path"])

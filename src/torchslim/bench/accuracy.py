@@ -81,9 +81,9 @@ def top1(model_or_fn: Predictor, dataset: Any, batch_size: int = 512, progress: 
     total = 0
     it: Any = _iter_labelled(dataset, batch_size)
     if progress:
-        from tqdm import tqdm
+        from torchslim.core.progress import progress_bar
 
-        it = tqdm(it, desc="top-1", unit="batch", leave=False)
+        it = progress_bar(it, desc="top-1", unit="batch", leave=False)
     with torch.inference_mode():
         for xb, yb in it:
             logits = _logits(model_or_fn, xb)

@@ -535,9 +535,9 @@ def quantize_static(
     seen = 0
     iterator: Iterable[Tensor] = batches
     if progress:
-        from tqdm.auto import tqdm
+        from torchslim.core.progress import progress_bar
 
-        iterator = tqdm(batches, desc="calibrating", unit="batch")
+        iterator = progress_bar(batches, desc="calibrating", unit="batch")
     with torch.no_grad():
         for xb in iterator:
             if not bool(torch.isfinite(xb).all()):

@@ -231,7 +231,10 @@ def print_table(report: Report, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # logs and CI: don't squeeze ten columns into 80
+            console = Console(width=160)
     table = Table(title=report.title)
     for i, c in enumerate(COLUMNS):
         table.add_column(c, justify="left" if i == 0 else "right", no_wrap=i == 0)

@@ -579,9 +579,9 @@ class Trainer:
     def _progress_bar(self, total: int) -> Any:
         if not self.progress:
             return None
-        from tqdm.auto import tqdm
+        from torchslim.core.progress import progress_bar
 
-        return tqdm(
+        return progress_bar(
             total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True, leave=False
         )
 

@@ -111,9 +111,9 @@ class MiniLMEncoder(nn.Module):
         chunks: list[torch.Tensor] = []
         starts = range(0, len(texts), batch_size)
         if progress:
-            from tqdm.auto import tqdm
+            from torchslim.core.progress import progress_bar
 
-            starts = tqdm(starts, desc="encode", unit="batch")  # type: ignore[assignment]
+            starts = progress_bar(starts, desc="encode", unit="batch")  # type: ignore[assignment]
         try:
             for i in starts:
                 batch = self.tokenize(texts[i : i + batch_size])
