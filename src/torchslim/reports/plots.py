@@ -50,7 +50,8 @@ def accuracy_vs_latency(report: Report, runtime: str = "ort") -> bytes | None:
     ys = [p[2] for p in pts]
     ax.scatter(xs, ys, s=40, color="#1f77b4", zorder=3)
     for i, (name, x, y) in enumerate(pts):
-        ax.annotate(f"{i}: {name}", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        # alternate the label above/below so neighbouring stages (often close together) stay readable
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 8 if i % 2 == 0 else -14), fontsize=8)
         if i:
             ax.annotate(
                 "",
