@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -309,7 +308,5 @@ def pretrained_resnet_fmnist(progress: bool = True) -> ResNet:
         f"resnet-fmnist: trained in {meta['train_seconds']:.0f} s, Fashion-MNIST test accuracy "
         f"{meta['test_accuracy'] * 100:.2f}%; cached at {weights}"
     )
-    log.warning(msg)
-    if progress:
-        print(msg, file=sys.stderr)
+    log.warning(msg)  # shown even without logging configured (Python's last-resort handler)
     return model
