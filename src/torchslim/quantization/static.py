@@ -73,7 +73,7 @@ class StaticPTQ(Config):
     weights: Literal["int8"] = "int8"
     activations: Literal["uint8", "int8"] = "uint8"
     granularity: Literal["per_channel", "per_tensor"] = "per_channel"
-    calibrator: Literal["minmax"] = "minmax"
+    calibrator: Literal["minmax", "moving_average_minmax", "percentile", "mse", "entropy"] = "minmax"
     num_calibration: int = 512
     exclude: list[str] = []
     #: 7-bit weights ([-63, 63]) so ORT's U8S8 kernels cannot saturate on CPUs without VNNI (AVX2's
