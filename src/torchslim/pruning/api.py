@@ -14,8 +14,9 @@ Example::
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import Field, field_validator
@@ -23,7 +24,7 @@ from torch import nn
 
 from torchslim.core.config import Config
 from torchslim.core.errors import ConfigError, TorchSlimError
-from torchslim.pruning.importance import n_keep, score_channels, top_channels
+from torchslim.pruning.importance import n_keep, top_channels
 
 
 class ChannelPrune(Config):
@@ -31,8 +32,10 @@ class ChannelPrune(Config):
 
     Attributes:
         ratio: fraction of channels removed per group, in [0, 1).
-        importance: ``"l1"`` / ``"l2"`` filter norm (summed over the group's producers, normalised per
-            producer) or ``"random"``.
+        importance: name of a registered criterion (``torchslim.pruning.structured.importance``):
+            ``"l1"`` / ``"l2"`` filter norm (summed over the group's producers, normalised per producer),
+            ``"random"``, ``"bn_scale"`` (BatchNorm |gamma|), ``"taylor"`` (first-order Taylor, needs
+            labelled ``data``) or ``"hrank"`` (average feature-map rank, needs ``data``).
         round_to: kept counts are rounded UP to a multiple of this (16 suits ORT's fast conv kernels).
         min_channels: fail if a group would keep fewer channels than this.
         include: glob patterns on module paths; if given, only groups with a producer matching one are pruned.
@@ -44,12 +47,21 @@ class ChannelPrune(Config):
     type_name = "channel_prune"
 
     ratio: float = Field(ge=0.0, lt=1.0)
-    importance: Literal["l1", "l2", "random"] = "l1"
+    importance: str = "l1"
     round_to: int = Field(default=1, ge=1)
     min_channels: int = Field(default=1, ge=1)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
     seed: int = 0
+
+    @field_validator("importance")
+    @classmethod
+    def _known_criterion(cls, v: str) -> str:
+        from torchslim.pruning.structured.importance import available
+
+        if v not in available():
+            raise ValueError(f"unknown importance {v!r}; known: {', '.join(sorted(available()))}")
+        return v
 
     @field_validator("include", "exclude")
     @classmethod
@@ -112,7 +124,14 @@ def _matches(path: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
 
-def prune_(model: nn.Module, config: ChannelPrune, example_inputs: tuple[Any, ...]) -> PruneResult:
+def prune_(
+    model: nn.Module,
+    config: ChannelPrune,
+    example_inputs: tuple[Any, ...],
+    data: Iterable[Any] | torch.Tensor | None = None,
+    widths: dict[str, int] | None = None,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+) -> PruneResult:
     """Physically remove channels from ``model`` in place, keeping coupled layers aligned.
 
     Steps: capture the model with FX, build channel dependency groups (conv -> BN -> consumers, residual
@@ -124,11 +143,17 @@ def prune_(model: nn.Module, config: ChannelPrune, example_inputs: tuple[Any, ..
         model: the model to prune (modified in place; also returned as ``result.model``).
         config: a :class:`ChannelPrune`.
         example_inputs: tuple of example inputs for capture, e.g. ``(torch.randn(1, 1, 28, 28),)``.
+        data: calibration batches (a list / DataLoader of ``x`` or ``(x, y)``) for criteria that need
+            data (``"hrank"``, ``"taylor"``); ignored by the others.
+        widths: channels to keep per group name (``GroupInfo.name``, e.g. from
+            :func:`torchslim.pruning.latency.choose_widths`); overrides ``ratio`` for those groups.
+        loss_fn: ``loss_fn(model, batch) -> loss`` for ``"taylor"`` (default: cross-entropy on ``(x, y)``).
 
     Raises:
         ConfigError: ``config`` is not a ChannelPrune.
-        PruneError: an include/exclude pattern matches no module, or a group would keep fewer than
-            ``min_channels`` (nothing is modified in either case).
+        PruneError: an include/exclude pattern matches no module, a group would keep fewer than
+            ``min_channels``, ``widths`` names an unknown group or an invalid count, or the criterion
+            needs ``data`` that was not given (nothing is modified in any of these cases).
         CaptureError: the model cannot be traced with FX.
     """
     from torchslim.pruning.structured.dependency import build_groups
@@ -146,7 +171,23 @@ def prune_(model: nn.Module, config: ChannelPrune, example_inputs: tuple[Any, ..
                     f"{paths[:6]} (use glob patterns such as 'layer1.*')"
                 )
 
+    from torchslim.pruning.structured.importance import ScoreContext, as_batches, get_criterion
+
+    criterion = get_criterion(config.importance)
+    if criterion.needs_data and data is None:
+        raise PruneError(
+            f"channel_prune: importance={config.importance!r} needs calibration data; call "
+            f"prune_(model, config, example_inputs, data=[batch, ...]) with a few (x, y) batches, "
+            f"or choose 'l1' / 'bn_scale'"
+        )
     groups = build_groups(model, example_inputs)
+    if widths is not None:
+        known = {g.name: g for g in groups if g.prunable}
+        for name, w in widths.items():
+            if name not in known:
+                raise PruneError(f"widths: {name!r} is not a prunable group; prunable groups: {sorted(known)}")
+            if not 1 <= int(w) <= known[name].channels:
+                raise PruneError(f"widths[{name!r}] = {w} must be in [1, {known[name].channels}]")
     result = PruneResult(model=model, params_before=count_params(model))
 
     plan = []
@@ -171,7 +212,8 @@ def prune_(model: nn.Module, config: ChannelPrune, example_inputs: tuple[Any, ..
         if config.exclude and any(_matches(p, config.exclude) for p in member_paths):
             result.untouched.append((g.name, "matched by exclude"))
             continue
-        k = n_keep(g.channels, config.ratio, config.round_to)
+        k = n_keep(g.channels, config.ratio, config.round_to) if not widths or g.name not in widths \
+            else int(widths[g.name])
         if k < config.min_channels and k < g.channels:
             too_small.append(f"{g.name} ({g.channels} -> {k})")
         plan.append((g, k))
@@ -182,15 +224,13 @@ def prune_(model: nn.Module, config: ChannelPrune, example_inputs: tuple[Any, ..
         )
 
     # Decide every group's kept indices from the original weights, then slice.
-    norm_p = 1.0 if config.importance == "l1" else 2.0
     gen = torch.Generator().manual_seed(config.seed)
+    to_score = [g for g, k in plan if k < g.channels]
+    ctx = ScoreContext(data=as_batches(data), generator=gen, loss_fn=loss_fn)
+    scores = dict(zip([g.name for g in to_score], criterion(model, to_score, ctx), strict=True)) if to_score else {}
     decisions = []
     for g, k in plan:
-        if k >= g.channels:
-            keep = torch.arange(g.channels)
-        else:
-            norms = [m.handler.importance(model.get_submodule(m.path), norm_p) for m in g.producers]
-            keep = top_channels(score_channels(norms, config.importance, gen), k)
+        keep = torch.arange(g.channels) if k >= g.channels else top_channels(scores[g.name], k)
         decisions.append((g, keep))
 
     with torch.no_grad():

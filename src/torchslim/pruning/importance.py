@@ -1,6 +1,8 @@
 """Channel importance criteria and kept-count arithmetic for structured pruning.
 
-Pure tensor functions, so they double as the reference implementation in tests.
+Pure tensor functions, so they double as the reference implementation in tests. The criteria that
+``ChannelPrune(importance=...)`` accepts (these norms plus ``bn_scale``, ``taylor``, ``hrank`` and any
+user-registered one) live in the registry :mod:`torchslim.pruning.structured.importance`.
 
 Example::
 
@@ -20,6 +22,7 @@ from typing import Literal
 
 import torch
 
+#: the data-free criteria :func:`score_channels` computes (see the registry for all criteria)
 Importance = Literal["l1", "l2", "random"]
 
 
