@@ -162,3 +162,15 @@ def test_interrupted_compress_resumes_from_last_finished_stage(tiny_setup, tmp_p
     assert r.run_id == row.id
     assert [s.name for s in r.report.stages][-1] == "3. static_ptq"
     assert store.get_run(row.id)[0].status == "finished"
+
+
+def test_data_driven_pruning_criterion_gets_calibration_batches(tiny_setup, tmp_path):
+    model, train, test, _ = tiny_setup
+    recipe = Recipe.from_dict(
+        {"type": "recipe", "latency_batch": 8, "latency_repeats": 3, "threads": 1,
+         "stages": [{"type": "channel_prune", "ratio": 0.5, "importance": "hrank", "round_to": 8}]}
+    )
+    r = compress(model, recipe, data=train, eval_data=test, work_dir=tmp_path / "w", progress=False)
+    # 64 -> 32 channels in the coupled group (metric: exact counts recorded by the stage)
+    kept = r.report.stages[1].extra["kept_channels"]
+    assert any(v == [64, 32] for v in kept.values())

@@ -176,7 +176,12 @@ def _register_stages() -> None:
 
     @STAGES.register(ChannelPrune)
     def _prune(cfg: ChannelPrune, ctx: PipelineContext) -> None:
-        result = prune_(ctx.model, cfg, (ctx.example_input,))
+        # data-driven criteria (hrank, taylor) score channels on a few training batches
+        batches = None
+        if ctx.train_data is not None:
+            x, y = _sample_batch(ctx.train_data, 256, ctx.seed)
+            batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+        result = prune_(ctx.model, cfg, (ctx.example_input,), data=batches)
         ctx.extra["kept_channels"] = {g.name: [g.channels_before, g.channels_after] for g in result.groups}
         if result.skipped:
             ctx.extra["skipped"] = [list(map(str, s)) for s in result.skipped]
@@ -205,17 +210,22 @@ def _register_stages() -> None:
 
     @STAGES.register(StaticPTQ)
     def _ptq(cfg: StaticPTQ, ctx: PipelineContext) -> None:
-        data = ctx.need_train_data(cfg.type_name)
-        g = torch.Generator().manual_seed(ctx.seed)
-        n = min(cfg.num_calibration, len(data))  # type: ignore[arg-type]
-        idx = torch.randperm(len(data), generator=g)[:n].tolist()  # type: ignore[arg-type]
-        calib = torch.stack([data[i][0] for i in idx])
+        calib, _ = _sample_batch(ctx.need_train_data(cfg.type_name), cfg.num_calibration, ctx.seed)
         q = quantize_static(ctx.model, cfg, calib, example_input=ctx.example_input, progress=ctx.progress)
         path = q.export_onnx(ctx.stage_dir() / "model_int8.onnx", ctx.example_input)
         parity = q.parity(path, ctx.example_input)
         ctx.extra["parity"] = _as_dict(parity)
         ctx.quantized = q
         ctx.onnx_path = Path(path)
+
+
+def _sample_batch(data: Dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` samples drawn without replacement (seeded) from a data set of ``(x, y)`` items."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(n, len(data))  # type: ignore[arg-type]
+    idx = torch.randperm(len(data), generator=g)[:n].tolist()  # type: ignore[arg-type]
+    items = [data[i] for i in idx]
+    return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
 
 
 def _as_dict(x: Any) -> Any:
