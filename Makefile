@@ -9,7 +9,7 @@ FULL_STAMP := $(VENV)/.torchslim-full-v1
 SETUP_DEPS := pyproject.toml constraints.txt scripts/setup.sh
 DEMO_OUT ?= out/demo
 
-.PHONY: setup demo test test-slow bench lint clean
+.PHONY: setup demo test test-slow bench bench-full lint clean
 
 setup: $(FULL_STAMP)
 
@@ -30,8 +30,13 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
-bench: setup
-	$(BIN)/python -m benchmarks.ptq_vs_ort
+BENCHMARKS := ptq_vs_ort low_bit_weights zeroq channel_pruning leo distill_cnn minilm_distill
+
+bench: setup  ## every benchmark in its --quick mode (minutes each); `make bench-full` for the full runs
+	set -e; for b in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$b --quick; done
+
+bench-full: setup
+	set -e; for b in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$b; done
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
