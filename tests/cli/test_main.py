@@ -82,3 +82,24 @@ def test_export_command_on_a_zoo_checkpoint(tmp_path):
 
     rep = json.loads(re.search(r"parity vs ONNX Runtime: (\{.*\})", res.output).group(1))
     assert rep["max_abs_diff"] < 1e-4 and rep["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["prune", "--ratio", "1.5"], "options.stages[0].ratio"),
+        (["prune", "--method", "magic"], "magic"),
+        (["quantize", "--method", "kl-div"], "options.stages[0].calibrator"),
+        (["quantize", "--activations", "int4"], "options.stages[0].activations"),
+    ],
+)
+def test_prune_and_quantize_reject_bad_options_before_loading_anything(args, needle, tmp_path, monkeypatch):
+    import torchslim.zoo as zoo
+
+    def boom(*a, **k):
+        raise AssertionError("nothing may be loaded for invalid options")
+
+    monkeypatch.setattr(zoo, "load", boom)
+    res = runner.invoke(app, [*args, "--runs-db", str(tmp_path / "r.db")])
+    assert res.exit_code != 0
+    assert needle in str(res.exception) + res.output

@@ -1,4 +1,4 @@
-"""The ``torchslim`` command line: compress | export | bench | runs | report."""
+"""The ``torchslim`` command line: compress | prune | quantize | export | bench | runs | report."""
 
 from __future__ import annotations
 
@@ -63,7 +63,6 @@ def compress(
 ) -> None:
     """Run a recipe of stages on a model, measure after each stage, and report."""
     from torchslim import zoo
-    from torchslim.pipeline import compress as run_compress
     from torchslim.pipeline import load_recipe
 
     if list_models:
@@ -74,6 +73,28 @@ def compress(
         _fail("--recipe is required (example: examples/recipes/demo.yaml)")
     assert recipe is not None
     rec = load_recipe(recipe)  # fails before any work on a bad recipe
+    _run_recipe(rec, model, data, report_dir, export_dir, work_dir, runs_db, resume, resume_run, threads, progress,
+                label=str(recipe))
+
+
+def _run_recipe(
+    rec,  # type: ignore[no-untyped-def]
+    model: str,
+    data: str | None,
+    report_dir: Path | None,
+    export_dir: Path | None,
+    work_dir: Path | None,
+    runs_db: Path | None,
+    resume: bool,
+    resume_run: int | None,
+    threads: int | None,
+    progress: bool,
+    label: str,
+) -> None:
+    """Load the model and data, run the recipe through the pipeline, print and write the report."""
+    from torchslim import zoo
+    from torchslim.pipeline import compress as run_compress
+
     if threads is not None:
         rec = rec.model_copy(update={"threads": threads})
     train = _dataset_for(data or model, "train")
@@ -82,7 +103,7 @@ def compress(
         _fail(f"no data set known for model {model!r}: pass --data fashion-mnist or --data mnist")
     net = zoo.load(model, pretrained=True, progress=progress)
     store = _store(runs_db)
-    console.print(f"[bold]torchslim compress[/] {model} with {recipe} ({len(rec.stages)} stages)")
+    console.print(f"[bold]torchslim[/] {model} with {label} ({len(rec.stages)} stages)")
 
     def on_stage(m) -> None:  # type: ignore[no-untyped-def]
         acc = f"{100 * m.accuracy:.2f}%" if m.accuracy is not None else "-"
@@ -110,6 +131,67 @@ def compress(
         console.print(f"exported: {', '.join(str(p) for p in paths.values())}")
     if report_dir is not None:
         console.print(f"report: {report_dir}/report.md, report.html, report.json (run {result.run_id})")
+
+
+# Options shared by the commands that run the pipeline.
+ModelOpt = Annotated[str, typer.Option(help="A zoo model name (`torchslim compress --list-models`).")]
+DataOpt = Annotated[str | None, typer.Option(help="Training/calibration data: fashion-mnist or mnist (default: the model's own).")]
+ReportOpt = Annotated[Path | None, typer.Option(help="Write report.md, report.html and report.json here.")]
+ExportOpt = Annotated[Path | None, typer.Option(help="Also copy the final model.onnx and checkpoint here.")]
+WorkOpt = Annotated[Path | None, typer.Option(help="Where each stage's checkpoint and ONNX go.")]
+RunsOpt = Annotated[Path | None, typer.Option(help="Run store (SQLite) path.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="Threads for PyTorch and ONNX Runtime.")]
+
+
+@app.command()
+def prune(
+    model: ModelOpt = "resnet-fmnist",
+    method: Annotated[str, typer.Option(help="Channel importance: l1, l2, random, bn_scale, taylor, hrank.")] = "l1",
+    ratio: Annotated[float, typer.Option(help="Fraction of each dependency group's channels to remove, in [0, 1).")] = 0.5,
+    round_to: Annotated[int, typer.Option(help="Keep channel counts in multiples of this (fast runtime kernels want 16).")] = 16,
+    distill_epochs: Annotated[int, typer.Option(help="Epochs of Hinton KD from the original afterwards (0: none).")] = 1,
+    data: DataOpt = None,
+    report_dir: ReportOpt = None,
+    export_dir: ExportOpt = None,
+    work_dir: WorkOpt = None,
+    runs_db: RunsOpt = None,
+    threads: ThreadsOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Structured channel pruning (channels physically removed), then optional distillation to recover."""
+    from torchslim.pipeline import Recipe
+
+    stages: list[dict[str, object]] = [{"type": "channel_prune", "ratio": ratio, "importance": method, "round_to": round_to}]
+    if distill_epochs > 0:
+        stages.append({"type": "hinton_kd", "temperature": 2.0, "alpha": 0.5,
+                       "train": {"epochs": distill_epochs, "lr": 0.05, "schedule": "onecycle"}})
+    rec = Recipe.from_dict({"type": "recipe", "name": f"prune-{method}-{ratio}", "stages": stages}, where="options")
+    _run_recipe(rec, model, data, report_dir, export_dir, work_dir, runs_db, False, None, threads, progress, label="prune")
+
+
+@app.command()
+def quantize(
+    model: ModelOpt = "resnet-fmnist",
+    method: Annotated[str, typer.Option(help="Calibrator: minmax, moving_average_minmax, percentile, mse, entropy.")] = "minmax",
+    weights: Annotated[str, typer.Option(help="Weight format (int8).")] = "int8",
+    activations: Annotated[str, typer.Option(help="Activation format: uint8 (fast in ONNX Runtime here) or int8.")] = "uint8",
+    granularity: Annotated[str, typer.Option(help="Weight scales: per_channel or per_tensor.")] = "per_channel",
+    num_calibration: Annotated[int, typer.Option(help="Calibration samples drawn from the training split.")] = 512,
+    data: DataOpt = None,
+    report_dir: ReportOpt = None,
+    export_dir: ExportOpt = None,
+    work_dir: WorkOpt = None,
+    runs_db: RunsOpt = None,
+    threads: ThreadsOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Static post-training int8 quantization, exported as a QDQ ONNX model that ONNX Runtime runs in int8."""
+    from torchslim.pipeline import Recipe
+
+    stage = {"type": "static_ptq", "calibrator": method, "weights": weights, "activations": activations,
+             "granularity": granularity, "num_calibration": num_calibration}
+    rec = Recipe.from_dict({"type": "recipe", "name": f"quantize-{method}", "stages": [stage]}, where="options")
+    _run_recipe(rec, model, data, report_dir, export_dir, work_dir, runs_db, False, None, threads, progress, label="quantize")
 
 
 @app.command()
