@@ -174,3 +174,16 @@ def test_data_driven_pruning_criterion_gets_calibration_batches(tiny_setup, tmp_
     # 64 -> 32 channels in the coupled group (metric: exact counts recorded by the stage)
     kept = r.report.stages[1].extra["kept_channels"]
     assert any(v == [64, 32] for v in kept.values())
+
+
+def test_finetune_stage_trains_and_records_steps(tiny_setup, tmp_path):
+    model, train, test, _ = tiny_setup
+    recipe = Recipe.from_dict(
+        {"type": "recipe", "latency_batch": 8, "latency_repeats": 3, "threads": 1,
+         "stages": [{"type": "finetune", "train": {"epochs": 1, "lr": 0.01, "batch_size": 64}}]}
+    )
+    r = compress(model, recipe, data=train, eval_data=test, work_dir=tmp_path / "w", progress=False)
+    ft = r.report.stages[1]
+    assert ft.extra["train_steps"] == -(-len(train) // 64)  # one epoch of ceil(N / 64) steps
+    # metric: top-1 on held-out digits; a low-lr epoch keeps the model within 3 points
+    assert ft.accuracy > r.report.stages[0].accuracy - 0.03

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import field_validator
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -33,6 +32,7 @@ from torchslim.core.config import _WHERE, Config
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.registry import STAGES
 from torchslim.reports.schema import Report, StageMetrics
+from torchslim.train.trainer import TrainConfig, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +152,7 @@ class FineTune(Config):
     """Plain supervised fine-tuning (cross-entropy on the training data)."""
 
     type_name = "finetune"
-    train: Any = None  # a TrainConfig; None: the TrainConfig defaults
-
-    @field_validator("train", mode="before")
-    @classmethod
-    def _train(cls, v: Any) -> Any:
-        from torchslim.train import TrainConfig
-
-        if v is None:
-            return TrainConfig()
-        if isinstance(v, dict):
-            return TrainConfig(**v)
-        return v
+    train: TrainConfig = TrainConfig()
 
 
 def _register_stages() -> None:
@@ -281,16 +270,6 @@ class CompressResult:
         return paths
 
 
-def _seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _data_fingerprint(ds: Dataset | None) -> str | None:
     if ds is None:
         return None
@@ -315,10 +294,10 @@ def _measure_static(
     name: str,
     ctx: PipelineContext,
     seconds: float,
-    baseline_costs: Any | None,
 ) -> tuple[StageMetrics, StageArtifact]:
     """Accuracy, params, MACs, size on disk of the stage's deployable artifact (latency comes later)."""
     from torchslim.bench.accuracy import ort_predict, top1
+    from torchslim.bench.size import file_bytes
     from torchslim.core.cost import profile
     from torchslim.export.checkpoint import save_checkpoint
     from torchslim.export.onnx import export_onnx
@@ -338,12 +317,8 @@ def _measure_static(
         torch_model = copy.deepcopy(ctx.model).eval()
         acc = top1(ctx.model, ctx.eval_data) if ctx.eval_data is not None else None
         ckpt = save_checkpoint(ctx.model, sd / "checkpoint", meta={"stage": name, "input_shape": list(ctx.example_input.shape[1:])})
-        from torchslim.bench.size import file_bytes
-
         extra["checkpoint_bytes"] = file_bytes(ckpt)
         bops = costs.bops
-    from torchslim.bench.size import file_bytes
-
     extra["bops"] = int(bops)
     m = StageMetrics(
         name=name,
@@ -439,7 +414,7 @@ def compress(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe) if isinstance(recipe, str | Path) else Recipe.from_dict({"type": "recipe", **recipe})
     _register_stages()
-    _seed_everything(recipe.seed)
+    seed_everything(recipe.seed)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     threads = recipe.threads or torch.get_num_threads()
@@ -540,7 +515,7 @@ def compress(
                         "it must be the last stage"
                     )
             seconds = time.perf_counter() - t0
-            metrics, art = _measure_static(name, ctx, seconds, None)
+            metrics, art = _measure_static(name, ctx, seconds)
             metrics.extra["onnx_path"] = str(art.onnx_path)
             report.stages.append(metrics)
             artifacts.append(art)
