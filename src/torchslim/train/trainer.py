@@ -5,6 +5,14 @@ callbacks, a NaN/Inf guard and atomic checkpoints that resume *exactly*: an inte
 ``fit(..., resume=True)`` ends with the same weights, bit for bit, as a run that was never interrupted
 (same seed, same machine, same thread count).
 
+Data-parallel training: when a ``torch.distributed`` process group with more than one rank is initialised
+(``torchrun`` + :func:`torchslim.train.distributed.init_distributed`, or
+:func:`torchslim.train.distributed.launch`), ``fit`` wraps the model in ``DistributedDataParallel``; each rank
+takes a contiguous slice of every global batch of ``batch_size`` examples of the same seeded permutation,
+the per-rank losses are weighted by their share of the global batch so that the averaged gradient is that of
+the global-batch loss, only rank 0 writes checkpoints and shows progress, and the logged loss is the global
+one. See ``docs/distributed-training.md``.
+
 How exact resumption works:
 
 * the data order of epoch ``e`` is a permutation drawn from a dedicated ``torch.Generator`` seeded with
@@ -41,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchslim.core.config import Config
 from torchslim.core.errors import CheckpointError, ConfigError, NumericalError
 from torchslim.core.io import atomic_torch_save
+from torchslim.train import distributed as _dist
 from torchslim.train.callbacks import MetricsLogger
 
 log = logging.getLogger("torchslim.train")
@@ -309,6 +318,16 @@ class Trainer:
         self._dataset_len = -1
         #: True while ``on_epoch_end`` runs for the final epoch of this fit.
         self.is_last_epoch = False
+        #: This process's rank and the number of ranks (0 and 1 outside ``torch.distributed``).
+        self.rank = 0
+        self.world_size = 1
+        # The module step_fn is called with: self.model, or its DistributedDataParallel wrapper during fit.
+        self._train_model: torch.nn.Module = model
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (and in a single process): the process that writes checkpoints and shows progress."""
+        return self.rank == 0
 
     # ---- public ------------------------------------------------------------------------------------
     @property
@@ -347,6 +366,18 @@ class Trainer:
         if n == 0:
             raise ConfigError("Trainer.fit: train_data is empty; pass a data set with at least one example")
         self._dataset_len = n
+        self.rank, self.world_size = (_dist.rank(), _dist.world_size()) if _dist.is_distributed() else (0, 1)
+        if self.world_size > 1:
+            if n < self.world_size:
+                raise ConfigError(
+                    f"Trainer.fit: the data set has {n} examples but there are {self.world_size} processes; "
+                    "every rank needs at least one example: use more data or fewer processes"
+                )
+            if cfg.batch_size < self.world_size:
+                raise ConfigError(
+                    f"Trainer.fit: batch_size {cfg.batch_size} is smaller than the world size {self.world_size}; "
+                    "batch_size is the global batch (split across ranks): make it >= the number of processes"
+                )
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         total = cfg.epochs * steps_per_epoch
         if cfg.max_steps is not None:
@@ -368,7 +399,7 @@ class Trainer:
             else:
                 msg = f"torchslim: no checkpoint at {path}; starting fresh"
             log.info(msg)
-            if self.progress:
+            if self.progress and self.is_main:
                 print(msg, file=sys.stderr)
         if not resumed:
             seed_everything(cfg.seed)
@@ -382,16 +413,25 @@ class Trainer:
 
         device = _device_of(self.model)
         self.model.train()
+        self._train_model = self.model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP broadcasts rank 0's parameters and buffers, so every rank starts from the same weights.
+            self._train_model = DistributedDataParallel(self.model)
         for cb in self.callbacks:
             if _has(cb, "on_train_start"):
                 cb.on_train_start(self)  # type: ignore[attr-defined]
 
-        bar = self._progress_bar(total)
+        bar = self._progress_bar(total) if self.is_main else None
         try:
             while self.step < total and self.epoch < cfg.epochs:
-                loader = self._loader(train_data, self.epoch, self.batch_in_epoch)
-                for batch in loader:
-                    loss_value = self._train_step(to_device(batch, device))
+                if self.world_size > 1:
+                    loader: Iterable[Any] = self._shard_loader(train_data, self.epoch, self.batch_in_epoch)
+                else:
+                    loader = ((b, None) for b in self._loader(train_data, self.epoch, self.batch_in_epoch))
+                for batch, scale in loader:
+                    loss_value = self._train_step(to_device(batch, device), scale)
                     self.step += 1
                     self.batch_in_epoch += 1
                     self._epoch_loss_sum += loss_value
@@ -411,6 +451,12 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            self._train_model = self.model
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            for buf in self.model.buffers():  # BatchNorm running stats: every rank ends with rank 0's
+                dist.broadcast(buf, 0)
         for cb in self.callbacks:
             if _has(cb, "on_train_end"):
                 cb.on_train_end(self)  # type: ignore[attr-defined]
@@ -444,7 +490,19 @@ class Trainer:
         path = self.checkpoint_path
         if path is None:
             return None
-        atomic_torch_save(path, self.state_dict())
+        if self.world_size == 1:
+            atomic_torch_save(path, self.state_dict())
+            return path
+        import torch.distributed as dist
+
+        rngs: list[Any] = [None] * self.world_size
+        dist.all_gather_object(rngs, rng_state())  # every rank's RNG streams (dropout differs per rank)
+        if self.is_main:
+            state = self.state_dict()
+            state["rng_per_rank"] = rngs
+            state["data"]["world_size"] = self.world_size
+            atomic_torch_save(path, state)
+        dist.barrier()  # no rank goes on (or reads last.pt) before rank 0 has written it
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -493,7 +551,11 @@ class Trainer:
         self._epoch_loss_sum = float(state["epoch_loss"]["sum"])
         self._epoch_loss_count = int(state["epoch_loss"]["count"])
         self.metrics.history[:] = [dict(h) for h in state["history"]]
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        if isinstance(per_rank, list) and len(per_rank) == self.world_size and self.world_size > 1:
+            set_rng_state(per_rank[self.rank])
+        else:
+            set_rng_state(state["rng"])
 
     # ---- internals ---------------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -521,11 +583,48 @@ class Trainer:
         loader_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         return DataLoader(data, batch_sampler=batches, num_workers=cfg.num_workers, generator=loader_gen)
 
-    def _train_step(self, batch: Any) -> float:
+    def _shard_loader(self, data: Dataset[Any], epoch: int, skip: int) -> Iterable[tuple[Any, float]]:
+        """This rank's slices of the batches of :meth:`_loader`, each with its loss weight.
+
+        Global batch ``i`` is ``perm[i*B : (i+1)*B]`` exactly as in one process; rank ``r`` takes the ``r``-th
+        contiguous slice (:func:`~torchslim.train.distributed.shard_sizes`). Its mean loss is multiplied by
+        ``world * b_r / b`` so that DDP's average over ranks is the mean loss over the global batch even when
+        the slices differ in size. A rank with an empty slice (a last batch smaller than the world size)
+        runs the whole batch with weight 0, so it still takes part in the gradient all-reduce.
+        """
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed + epoch)
+        perm = torch.randperm(self._dataset_len, generator=gen)
+        bs, world, r = cfg.batch_size, self.world_size, self.rank
+        indices: list[torch.Tensor] = []
+        scales: list[float] = []
+        for i in range(skip * bs, len(perm), bs):
+            idx = perm[i : i + bs]
+            sizes = _dist.shard_sizes(len(idx), world)
+            start = sum(sizes[:r])
+            if sizes[r] == 0:
+                indices.append(idx)
+                scales.append(0.0)
+            else:
+                indices.append(idx[start : start + sizes[r]])
+                scales.append(world * sizes[r] / len(idx))
+        if cfg.num_workers == 0 and _plain_tensor_dataset(data):
+            tensors = data.tensors  # type: ignore[attr-defined]
+            return ((tuple(t[ix] for t in tensors), s) for ix, s in zip(indices, scales, strict=True))
+        loader_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        loader = DataLoader(
+            data,
+            batch_sampler=[ix.tolist() for ix in indices],
+            num_workers=cfg.num_workers,
+            generator=loader_gen,
+        )
+        return zip(loader, scales, strict=True)
+
+    def _train_step(self, batch: Any, scale: float | None = None) -> float:
         cfg = self.config
         self.current_lr = self.schedule.apply(self.optimizer, self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.step_fn(self.model, batch)
+        loss = self.step_fn(self._train_model, batch)
         for cb in self.callbacks:
             if _has(cb, "extra_loss"):
                 extra = cb.extra_loss(self, self.model)  # type: ignore[attr-defined]
@@ -536,7 +635,17 @@ class Trainer:
                 f"step_fn must return a scalar loss tensor, got "
                 f"{type(loss).__name__}{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)}"
             )
-        loss_value = float(loss.detach())
+        if scale is None:
+            loss_value = float(loss.detach())
+        else:
+            import torch.distributed as dist
+
+            # The global-batch loss (the same on every rank, so all ranks stop together on NaN/Inf).
+            shared = (loss.detach() * (scale / self.world_size)).reshape(1).clone()
+            dist.all_reduce(shared)
+            loss_value = float(shared[0])
+            if scale != 1.0:
+                loss = loss * scale
         if not math.isfinite(loss_value):
             self._numerical_error("loss", loss_value)
         loss.backward()
