@@ -273,7 +273,7 @@ class CatNet(nn.Module):
         self.out = nn.Conv2d(24, 4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.cat([self.a(x), self.b(x), self.d(torch.relu(self.c(x)))], 1))
+        return self.out(torch.cat([torch.flip(self.a(x), [1]), self.b(x), self.d(torch.relu(self.c(x)))], 1))
 
 
 def test_unknown_op_leaves_group_intact_and_is_reported() -> None:
@@ -281,9 +281,10 @@ def test_unknown_op_leaves_group_intact_and_is_reported() -> None:
     x = torch.randn(1, 3, 8, 8)
     ref = model(x)
     r = prune_(model, ChannelPrune(ratio=0.5), (x,))
-    assert model.a.out_channels == 8 and model.out.in_channels == 24  # untouched
+    assert model.a.out_channels == 8  # untouched: flip is not understood
+    assert model.b.out_channels == 4 and model.d.out_channels == 4 and model.out.in_channels == 8 + 4 + 4
     assert model.c.out_channels == 4 and model.d.in_channels == 4  # the independent group is pruned
-    assert ("", "cat", "op not understood by channel pruning") in r.skipped
+    assert ("", "flip", "op not understood by channel pruning") in r.skipped
     assert model(x).shape == ref.shape
 
 
@@ -341,7 +342,7 @@ def test_zoo_resnet_if_available() -> None:
 
 
 class TokenMLP(nn.Module):
-    """Linear layers on [N, T, C] tokens, a LayerNorm (no handler) and a raw parameter scale."""
+    """Linear layers on [N, T, C] tokens, a LayerNorm (pass-through) and a raw parameter scale."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -370,7 +371,7 @@ def test_token_linears_pruned_and_unknown_ops_reported() -> None:
     r = prune_(model, ChannelPrune(ratio=0.5), (x,))
     assert model.ff1.out_features == 32 and model.ff2.in_features == 32
     assert model.emb.out_features == 32  # coupled with LayerNorm and the raw scale: left intact
-    assert ("ln", "LayerNorm", "no channel handler for LayerNorm (leaving its groups intact)") in r.skipped
+    assert ("", "mul", "element-wise op with broadcasting across the channel dim") in r.skipped  # raw scale
     assert r.params_before - r.params_after == 32 * 32 + 32 + 32 * 32  # ff1 rows + bias, ff2 columns
     torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-5)  # metric: allclose 1e-5
 

@@ -6,7 +6,12 @@ space (it is a *producer*) and *consumes* its input's space; BatchNorm and depth
 *pass-throughs* sharing one space between input and output; element-wise ops and pooling keep the space;
 a residual ``add`` (or any element-wise op of two tensors) *unions* its inputs' spaces, so every producer
 feeding the sum keeps the same indices; ``flatten`` keeps the space but widens each channel to ``H*W``
-features for the following Linear. Spaces reaching the model's inputs or outputs are fixed. Any op this
+features for the following Linear. ``torch.cat`` along the channel dim makes a *segmented* value: each
+input keeps its own space, and a layer reading the concatenation joins every input's group as a
+segment member (:class:`~torchslim.pruning.structured.handlers.SegmentHandler`) that slices only its
+channel range, offsets tracked; ``cat`` along another dim unions the inputs' spaces. LayerNorm (last
+dim) and GroupNorm (one group, or one channel per group) are pass-throughs. Grouped convolutions
+(``1 < groups < channels``) block their groups, with the reason reported. Spaces reaching the model's inputs or outputs are fixed. Any op this
 module does not understand *blocks* the spaces it touches: those groups are left intact and reported.
 
 Example::
@@ -22,7 +27,7 @@ Example::
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -31,7 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.core.graph import CapturedGraph, capture
-from torchslim.pruning.structured.handlers import ChannelHandler, handler_for
+from torchslim.pruning.structured.handlers import (
+    ChannelHandler,
+    SegmentHandler,
+    SegmentLayout,
+    handler_for,
+    unsupported_reason,
+)
 
 Role = Literal["out", "in", "through"]
 
@@ -88,6 +99,12 @@ class _Val:
     space: int
     dim: int  # channel dimension of the tensor, or ANY
     expand: int = 1
+    #: for a channel concatenation: ``(space, channels)`` of each input in order (``space`` is then a
+    #: placeholder with no members).
+    segments: tuple[tuple[int, int], ...] | None = None
+
+    def spaces(self) -> list[int]:
+        return [s for s, _ in self.segments] if self.segments else [self.space]
 
 
 class _Spaces:
@@ -155,6 +172,7 @@ _FLATTEN_FUNCS: set[Any] = {torch.flatten}
 _RESHAPE_METHODS = {"flatten", "view", "reshape"}
 _REDUCE_FUNCS: set[Any] = {torch.mean, torch.sum, torch.amax}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
+_CAT_FUNCS: set[Any] = {torch.cat, torch.concat, torch.concatenate}
 _HARMLESS_FUNCS: set[Any] = {getattr, len}
 _HARMLESS_METHODS = {"size", "dim"}
 
@@ -211,9 +229,10 @@ class _Analyzer:
         for a in self._tensor_args(node):
             v = self.vals[a]
             assert v is not None
-            g = self.sp.get(v.space)
-            if entry not in g.blocked:
-                g.blocked.append(entry)
+            for sp in v.spaces():
+                g = self.sp.get(sp)
+                if entry not in g.blocked:
+                    g.blocked.append(entry)
         if self._shape(node) is not None:
             s = self.sp.new()
             self.sp.get(s).blocked.append(entry)
@@ -263,8 +282,9 @@ class _Analyzer:
             for a in self._tensor_args(node):
                 v = self.vals[a]
                 assert v is not None
-                g = self.sp.get(v.space)
-                g.fixed = g.fixed or "model output"
+                for sp in v.spaces():
+                    g = self.sp.get(sp)
+                    g.fixed = g.fixed or "model output"
         elif node.op == "call_module":
             self._visit_module(node)
         elif node.op in ("call_function", "call_method"):
@@ -296,9 +316,13 @@ class _Analyzer:
             in_shape = self._shape(src)
             assert in_shape is not None
             is_linear = isinstance(mod, nn.Linear)
-            want_dim = len(in_shape) - 1 if is_linear else 1
+            last = handler.channels_last
+            want_dim = len(in_shape) - 1 if last else 1
             if v.dim not in (want_dim, ANY) or (v.expand != 1 and not is_linear):
                 self._block(node, f"channel dim of the input is {v.dim}, layer expects {want_dim}")
+                return
+            if v.segments:
+                self._segmented_module(node, path, handler, v, last)
                 return
             if handler.passthrough:
                 self.sp.get(v.space).passthrough.append(Member(path, "through", handler))
@@ -309,7 +333,7 @@ class _Analyzer:
             assert out_shape is not None
             s = self._new_space(handler.out_channels(mod))
             self.sp.get(s).producers.append(Member(path, "out", handler))
-            self.vals[node] = _Val(s, len(out_shape) - 1 if is_linear else 1)
+            self.vals[node] = _Val(s, len(out_shape) - 1 if last else 1)
             return
         if isinstance(mod, _ELEMENTWISE_MODULES + _POOL_MODULES):
             if inp is None:
@@ -325,7 +349,27 @@ class _Analyzer:
                 return
             self._flatten(node, inp[0], inp[1])
             return
-        self._block(node, f"no channel handler for {type(mod).__name__} (leaving its groups intact)")
+        self._block(node, unsupported_reason(mod))
+
+    def _segmented_module(self, node: torch.fx.Node, path: str, handler: ChannelHandler, v: _Val,
+                          last: bool) -> None:
+        """A layer reading a channel concatenation: one segment member in each input's group."""
+        assert v.segments is not None
+        layout = SegmentLayout([n * v.expand for _, n in v.segments])
+        role: Role = "through" if handler.passthrough else "in"
+        for i, (sp, _) in enumerate(v.segments):
+            m = Member(path, role, SegmentHandler(handler, layout, i), 1 if handler.passthrough else v.expand)
+            g = self.sp.get(sp)
+            (g.passthrough if handler.passthrough else g.consumers).append(m)
+        if handler.passthrough:
+            self.vals[node] = v
+            return
+        out_shape = self._shape(node)
+        assert out_shape is not None
+        mod = self.model.get_submodule(path)
+        s = self._new_space(handler.out_channels(mod))
+        self.sp.get(s).producers.append(Member(path, "out", handler))
+        self.vals[node] = _Val(s, len(out_shape) - 1 if last else 1)
 
     def _visit_function(self, node: torch.fx.Node) -> None:
         t = node.target
@@ -368,6 +412,9 @@ class _Analyzer:
         if (not is_m and t in _REDUCE_FUNCS) or (is_m and t in _REDUCE_METHODS):
             self._reduce(node, tensors)
             return
+        if not is_m and t in _CAT_FUNCS:
+            self._cat(node, tensors)
+            return
         self._block(node, "op not understood by channel pruning")
 
     def _binary(self, node: torch.fx.Node, tensors: list[torch.fx.Node]) -> None:
@@ -376,6 +423,9 @@ class _Analyzer:
             self._block(node, "element-wise op with unexpected inputs")
             return
         vals = [self.vals[a] for a in tensors]
+        if any(v is not None and v.segments for v in vals):
+            self._binary_segments(node, tensors)
+            return
         shapes = [self._shape(a) for a in tensors]
         full = []
         for a, v, s in zip(tensors, vals, shapes, strict=True):
@@ -407,6 +457,72 @@ class _Analyzer:
             root = self.sp.union(root, v.space)
         self.vals[node] = _Val(root, dims.pop() if dims else ANY)
 
+    def _binary_segments(self, node: torch.fx.Node, tensors: list[torch.fx.Node]) -> None:
+        """Element-wise op on concatenations: allowed when both are identically segmented (union per
+        segment) or the other operand is a scalar."""
+        out_shape = self._shape(node)
+        seg_vals: list[_Val] = []
+        for a in tensors:
+            v, s = self.vals[a], self._shape(a)
+            assert v is not None and s is not None and out_shape is not None
+            if v.segments and tuple(s) == tuple(out_shape):
+                seg_vals.append(v)
+            elif s.numel() != 1:
+                self._block(node, "element-wise op mixing a concatenation with another tensor")
+                return
+        first = seg_vals[0]
+        assert first.segments is not None
+        for v in seg_vals[1:]:
+            assert v.segments is not None
+            if [n for _, n in v.segments] != [n for _, n in first.segments] or v.dim != first.dim \
+                    or v.expand != first.expand:
+                self._block(node, "element-wise op on differently segmented concatenations")
+                return
+        segs = list(first.segments)
+        for v in seg_vals[1:]:
+            assert v.segments is not None
+            segs = [(self.sp.union(a, b), n) for (a, n), (b, _) in zip(segs, v.segments, strict=True)]
+        self.vals[node] = replace(first, segments=tuple(segs))
+
+    def _cat(self, node: torch.fx.Node, tensors: list[torch.fx.Node]) -> None:
+        """``torch.cat``: along the channel dim -> a segmented value; along another dim -> union."""
+        out_shape = self._shape(node)
+        seq = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if out_shape is None or not isinstance(seq, (list, tuple)) or not isinstance(dim, int) \
+                or len(seq) != len(tensors) or any(a is not b for a, b in zip(seq, tensors, strict=True)):
+            self._block(node, "concatenation with non-constant dim or untracked inputs")
+            return
+        nd = len(out_shape)
+        dim %= nd
+        vals: list[_Val] = []
+        for a in tensors:
+            v, s = self.vals[a], self._shape(a)
+            assert v is not None
+            if s is None or len(s) != nd or v.expand != 1:
+                self._block(node, "concatenation of flattened or differently shaped tensors")
+                return
+            vals.append(v)
+        chan = {v.dim for v in vals} - {ANY}
+        if chan == {dim} or not chan and dim == 1:
+            segs: list[tuple[int, int]] = []
+            for a, v in zip(tensors, vals, strict=True):
+                if v.segments:
+                    segs += v.segments
+                else:
+                    s = self._shape(a)
+                    assert s is not None
+                    segs.append((v.space, int(s[dim])))
+            self.vals[node] = _Val(self.sp.new(), dim, 1, tuple(segs))
+            return
+        if len(chan) == 1 and dim not in chan and not any(v.segments for v in vals):
+            root = vals[0].space
+            for v in vals[1:]:
+                root = self.sp.union(root, v.space)
+            self.vals[node] = _Val(root, chan.pop())
+            return
+        self._block(node, f"concatenation along dim {dim} of tensors whose channel dims are {sorted(chan)}")
+
     def _flatten(self, node: torch.fx.Node, src: torch.fx.Node, v: _Val) -> None:
         in_shape, out_shape = self._shape(src), self._shape(node)
         if in_shape is None or out_shape is None:
@@ -417,12 +533,12 @@ class _Analyzer:
             for d in in_shape[2:]:
                 per *= int(d)
             if int(out_shape[1]) == int(in_shape[1]) * per:
-                self.vals[node] = _Val(v.space, 1, v.expand * per)
+                self.vals[node] = replace(v, dim=1, expand=v.expand * per)
                 return
         if tuple(out_shape) == tuple(in_shape):
             self.vals[node] = v
             return
-        if v.dim == ANY:  # a fixed or blocked space: nothing to keep aligned
+        if v.dim == ANY and not v.segments:  # a fixed or blocked space: nothing to keep aligned
             self.vals[node] = _Val(v.space, ANY)
             return
         self._block(node, f"reshape {tuple(in_shape)} -> {tuple(out_shape)} moves the channel dim")
@@ -435,7 +551,7 @@ class _Analyzer:
         if len(tensors) != 1 or src is not node.args[0] or in_shape is None or out_shape is None or v.expand != 1:
             self._block(node, "reduction with unexpected inputs")
             return
-        if v.dim == ANY:
+        if v.dim == ANY and not v.segments:
             self.vals[node] = _Val(v.space, ANY)
             return
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
@@ -453,7 +569,7 @@ class _Analyzer:
             return
         keep = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
         new_dim = v.dim if keep else v.dim - sum(1 for d in norm if d < v.dim)
-        self.vals[node] = _Val(v.space, new_dim)
+        self.vals[node] = replace(v, dim=new_dim)
 
     # -- checks ----------------------------------------------------------------------------------
     def _check_channels(self, g: ChannelGroup) -> None:
