@@ -187,3 +187,25 @@ def test_finetune_stage_trains_and_records_steps(tiny_setup, tmp_path):
     assert ft.extra["train_steps"] == -(-len(train) // 64)  # one epoch of ceil(N / 64) steps
     # metric: top-1 on held-out digits; a low-lr epoch keeps the model within 3 points
     assert ft.accuracy > r.report.stages[0].accuracy - 0.03
+
+
+def test_transformer_prune_stages_are_registered_and_shrink_a_bert():
+    transformers = pytest.importorskip("transformers")
+    from torchslim.core.registry import STAGES
+    from torchslim.pipeline import PipelineContext
+
+    r = Recipe.from_dict({"type": "recipe", "stages": [{"type": "head_prune", "ratio": 0.5},
+                                                       {"type": "ffn_prune", "ratio": 0.5}]})
+    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, vocab_size=100)
+    torch.manual_seed(0)
+    m = transformers.BertModel(cfg).eval()
+    ids = torch.zeros(1, 8, dtype=torch.long)
+    ctx = PipelineContext(model=m, original=m, train_data=None, eval_data=None, example_input=ids,
+                          work_dir=Path("unused"))
+    for stage in r.stages:
+        STAGES.resolve(stage)(stage, ctx)
+    # exact counts: 4 -> 2 heads and 64 -> 32 FFN neurons in each of the 2 layers
+    assert set(map(tuple, ctx.extra["kept_heads"].values())) == {(4, 2)}
+    assert set(map(tuple, ctx.extra["kept_neurons"].values())) == {(64, 32)}
+    assert m(ids).last_hidden_state.shape == (1, 8, 32)

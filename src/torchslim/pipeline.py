@@ -158,6 +158,7 @@ class FineTune(Config):
 def _register_stages() -> None:
     from torchslim.distillation import HintonKD, distill
     from torchslim.pruning import ChannelPrune, prune_
+    from torchslim.pruning.structured.transformer import FFNPrune, HeadPrune, prune_ffn_, prune_heads_
     from torchslim.quantization import StaticPTQ, quantize_static
 
     if ChannelPrune in STAGES:
@@ -174,6 +175,14 @@ def _register_stages() -> None:
         ctx.extra["kept_channels"] = {g.name: [g.channels_before, g.channels_after] for g in result.groups}
         if result.skipped:
             ctx.extra["skipped"] = [list(map(str, s)) for s in result.skipped]
+
+    @STAGES.register(HeadPrune)
+    def _heads(cfg: HeadPrune, ctx: PipelineContext) -> None:
+        ctx.extra["kept_heads"] = {p: [a, b] for p, a, b in prune_heads_(ctx.model, cfg).layers}
+
+    @STAGES.register(FFNPrune)
+    def _ffn(cfg: FFNPrune, ctx: PipelineContext) -> None:
+        ctx.extra["kept_neurons"] = {p: [a, b] for p, a, b in prune_ffn_(ctx.model, cfg).layers}
 
     @STAGES.register(HintonKD)
     def _distill(cfg: HintonKD, ctx: PipelineContext) -> None:
