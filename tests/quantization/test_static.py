@@ -272,3 +272,23 @@ def test_reduce_range_weight_bits(trained_resnet, digits_data, reduce_range, lim
         if isinstance(m, WeightQuantWrapper):
             iw = m.int_weight()
             assert int(iw.abs().max()) == limit
+
+
+def test_relu6_is_fused_like_relu(tmp_path):  # type: ignore[no-untyped-def]
+    """MobileNet's ReLU6: no 'unsupported' warning, ORT drops the Clip and runs both convs in int8,
+    and ORT matches the simulation (cosine > 0.999)."""
+    from torchslim.quantization.onnx_qdq import ort_optimized_op_counts
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(64, 3, 12, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = quantize_static(model, StaticPTQ(), x, progress=False)
+    assert q.unsupported == []
+    path = q.export_onnx(tmp_path / "m.onnx", x[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ops = ort_optimized_op_counts(path)
+    assert ops.get("QLinearConv", 0) == 2 and ops.get("Clip", 0) == 0, ops
+    assert q.parity(path, x).cosine > 0.999

@@ -190,20 +190,22 @@ class WeightQuantWrapper(nn.Module):
 _QUANT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _AVGPOOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d)
 _PASS_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)
-_RELU_MODULES = (nn.ReLU,)
+#: activations fused into the preceding Conv/Linear's output quantisation (ORT drops Relu / Clip(0, 6) in
+#: front of a QuantizeLinear whose range lies inside theirs)
+_RELU_MODULES = (nn.ReLU, nn.ReLU6)
 _PASS_FUNCS = {torch.flatten, F.max_pool2d, F.max_pool1d, torch.reshape}
 _PASS_METHODS = {"flatten", "view", "reshape", "contiguous"}
 _AVGPOOL_FUNCS = {F.adaptive_avg_pool2d, F.avg_pool2d}
 _ADD_FUNCS = {operator.add, torch.add}
 #: modules that are fine to leave in float without a warning (no parameters, cheap)
-_QUIET_FLOAT = (nn.ReLU, nn.Identity, nn.Dropout)
+_QUIET_FLOAT = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout)
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules.get(str(node.target)), _RELU_MODULES)
     if node.op == "call_function":
-        return node.target in (F.relu, torch.relu)
+        return node.target in (F.relu, torch.relu, F.relu6)
     if node.op == "call_method":
         return node.target == "relu"
     return False
