@@ -30,7 +30,7 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
-BENCHMARKS := ptq_vs_ort low_bit_weights zeroq channel_pruning leo distill_cnn minilm_distill
+BENCHMARKS := ptq_vs_ort mobilenet_ptq minilm_int8 low_bit_weights zeroq qlstm channel_pruning leo distill_cnn minilm_distill
 
 bench: setup  ## every benchmark in its --quick mode (minutes each); `make bench-full` for the full runs
 	set -e; for b in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$b --quick; done

@@ -29,7 +29,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -43,52 +42,16 @@ REFERENCE = {
 }
 
 
-def _export_fp32(model: nn.Module, x: torch.Tensor, path: Path) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-        )
-    return path
+def _export_fp32(model: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
+    from torchslim.export.onnx import export_onnx
+
+    return export_onnx(model, x, path)
 
 
 def _ort_quantize_static(fp32: Path, out: Path, calib: torch.Tensor, reduce_range: bool) -> Path:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from torchslim.bench.peers import ort_quantize_static
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": b.numpy()} for b in calib.split(32)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_static(
-            str(fp32),
-            str(out),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=reduce_range,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-    return out
+    return ort_quantize_static(fp32, out, calib, reduce_range=reduce_range, batch=32)
 
 
 def relu6_to_relu(model: nn.Module) -> nn.Module:

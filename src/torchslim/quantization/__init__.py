@@ -11,12 +11,18 @@ Example::
 
 from __future__ import annotations
 
+from torchslim.quantization.dynamic import DynamicPTQ, quantize_dynamic
 from torchslim.quantization.fold import fold_batchnorm
+from torchslim.quantization.lstm import QLSTMConfig, quantize_lstm_
 from torchslim.quantization.observers import MinMaxObserver, MovingAverageMinMaxObserver, register_calibrator
 from torchslim.quantization.primitives import choose_qparams, dequantize, fake_quantize, qrange, quantize
 from torchslim.quantization.static import Phase, QuantizedModel, StaticPTQ, quantize_static, sqnr_db
 
 __all__ = [
+    "DynamicPTQ",
+    "QLSTMConfig",
+    "quantize_dynamic",
+    "quantize_lstm_",
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
     "Phase",
