@@ -24,8 +24,9 @@ from torch.utils.data.dataloader import default_collate
 
 from torchslim.core.config import Config
 from torchslim.core.errors import ConfigError
+from torchslim.distillation.engine import fit_student
 from torchslim.distillation.losses import kd_loss
-from torchslim.train.trainer import TrainConfig, Trainer, TrainResult, to_device
+from torchslim.train.trainer import TrainConfig, TrainResult, to_device
 
 
 class HintonKD(Config):
@@ -164,17 +165,14 @@ def distill(
             )
         return loss
 
-    teacher_was_training = teacher.training
-    teacher.eval()
-    try:
-        trainer = Trainer(
-            student,
-            config.train,
-            step_fn=step_fn,
-            callbacks=callbacks,
-            checkpoint_dir=checkpoint_dir,
-            progress=progress,
-        )
-        return trainer.fit(data, resume=resume)
-    finally:
-        teacher.train(teacher_was_training)
+    return fit_student(
+        student,
+        teacher,
+        data,
+        config.train,
+        step_fn,
+        callbacks=callbacks,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+    )

@@ -43,7 +43,8 @@ from torch.utils.data import Dataset
 
 from torchslim.core.config import Config
 from torchslim.core.errors import ConfigError, UnsupportedModelError
-from torchslim.train.trainer import TrainConfig, Trainer, TrainResult
+from torchslim.distillation.engine import fit_student
+from torchslim.train.trainer import TrainConfig, TrainResult
 
 __all__ = [
     "MiniLMDistill",
@@ -345,17 +346,14 @@ def minilm_distill(
         s_hidden = s_model(**inputs).last_hidden_state
         return hidden_mse_loss(t_hidden, s_hidden, mask)
 
-    teacher_was_training = teacher.training
-    teacher.eval()
-    try:
-        trainer = Trainer(
-            student,
-            config.train,
-            step_fn=step_fn,
-            callbacks=callbacks,
-            checkpoint_dir=checkpoint_dir,
-            progress=progress,
-        )
-        return trainer.fit(data, resume=resume)
-    finally:
-        teacher.train(teacher_was_training)
+    return fit_student(
+        student,
+        teacher,
+        data,
+        config.train,
+        step_fn,
+        callbacks=callbacks,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+    )

@@ -33,8 +33,9 @@ from torch.utils.data import Dataset
 
 from torchslim.core.config import Config
 from torchslim.core.errors import ConfigError
+from torchslim.distillation.engine import fit_student
 from torchslim.distillation.hinton import _split
-from torchslim.train.trainer import TrainConfig, Trainer, TrainResult
+from torchslim.train.trainer import TrainConfig, TrainResult
 
 
 class RegressionKD(Config):
@@ -180,17 +181,14 @@ def regression_distill(
             return (1 - alpha) * F.mse_loss(p_label, y) + alpha * F.mse_loss(p_teacher, y_t)
         return teacher_outlier_rejection_loss(p_label, y, y_t, thr, k) + alpha * F.mse_loss(p_teacher, y_t)
 
-    t_was = teacher.training
-    teacher.eval()
-    try:
-        trainer = Trainer(
-            student,
-            config.train,
-            step_fn=step_fn,
-            callbacks=callbacks,
-            checkpoint_dir=checkpoint_dir,
-            progress=progress,
-        )
-        return trainer.fit(data, resume=resume)
-    finally:
-        teacher.train(t_was)
+    return fit_student(
+        student,
+        teacher,
+        data,
+        config.train,
+        step_fn,
+        callbacks=callbacks,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+    )
