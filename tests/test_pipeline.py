@@ -129,6 +129,12 @@ def test_compress_end_to_end_on_a_tiny_model(tiny_setup, tmp_path):
         assert (tmp_path / "rep" / f).stat().st_size > 100
     row, stored = store.get_run(r.run_id)
     assert row.status == "finished" and [s.name for s in stored.stages] == names
+    # export: the final ONNX, the checkpoint (recording the per-sample input shape) and the report
+    from torchslim.export.checkpoint import read_structure
+
+    paths = r.export(tmp_path / "exp")
+    assert paths["onnx"].read_bytes() == r.onnx_path.read_bytes()
+    assert read_structure(paths["checkpoint"])["meta"]["input_shape"] == [1, 8, 8]
 
 
 def test_interrupted_compress_resumes_from_last_finished_stage(tiny_setup, tmp_path, monkeypatch):

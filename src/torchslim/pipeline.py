@@ -275,7 +275,10 @@ class CompressResult:
         dst = out / "model.onnx"
         shutil.copyfile(self.onnx_path, dst)
         paths["onnx"] = dst
-        paths["checkpoint"] = save_checkpoint(self.model, out / "checkpoint", meta={"title": self.report.title})
+        shape = list(self.report.meta.get("input_shape") or [])[1:]  # per-sample shape, for `torchslim export`
+        paths["checkpoint"] = save_checkpoint(
+            self.model, out / "checkpoint", meta={"title": self.report.title, "input_shape": shape}
+        )
         return paths
 
 

@@ -253,6 +253,8 @@ def runs_list(
     limit: Annotated[int, typer.Option(help="How many runs.")] = 50,
 ) -> None:
     """List recorded runs, newest first."""
+    import datetime
+
     from rich.table import Table
 
     t = Table(title="torchslim runs")
@@ -260,7 +262,8 @@ def runs_list(
         t.add_column(col)
     store = _store(runs_db)
     for row in store.list_runs(limit=limit):
-        t.add_row(str(row.id), str(row.created), row.status, row.title, str(len(store.completed_stages(row.id))))
+        created = datetime.datetime.fromtimestamp(row.created).strftime("%Y-%m-%d %H:%M:%S")
+        t.add_row(str(row.id), created, row.status, row.title, str(len(store.completed_stages(row.id))))
     Console().print(t)
 
 
