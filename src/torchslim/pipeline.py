@@ -211,7 +211,11 @@ def _register_stages() -> None:
         calib, _ = _sample_batch(ctx.need_train_data(cfg.type_name), cfg.num_calibration, ctx.seed)
         q = quantize_static(ctx.model, cfg, calib, example_input=ctx.example_input, progress=ctx.progress)
         path = q.export_onnx(ctx.stage_dir() / "model_int8.onnx", ctx.example_input)
-        parity = q.parity(path, ctx.example_input)
+        # parity on up to 1024 held-out samples (the example batch alone says little about top-1 agreement)
+        probe = ctx.example_input
+        if ctx.eval_data is not None:
+            probe, _ = _sample_batch(ctx.eval_data, 1024, ctx.seed)
+        parity = q.parity(path, probe)
         ctx.extra["parity"] = _as_dict(parity)
         ctx.quantized = q
         ctx.onnx_path = Path(path)

@@ -101,3 +101,21 @@ def test_print_table():
     print_table(_report(), console=Console(file=buf, width=200, color_system=None))
     out = buf.getvalue()
     assert "prune 50%" in out and "92.70" in out and "threads: 1" in out
+
+
+def test_stage_details_list_kept_channels_and_parity():
+    from torchslim.reports.render import to_html, to_markdown
+    from torchslim.reports.schema import Report, StageMetrics
+
+    rep = Report(
+        title="t",
+        stages=[
+            StageMetrics(name="original", accuracy=0.9),
+            StageMetrics(name="1. channel_prune", extra={"kept_channels": {"stem.0": [32, 16]}}),
+            StageMetrics(name="2. static_ptq", extra={"parity": {"cosine": 0.9999, "top1_agreement": 0.998}}),
+        ],
+    )
+    md = to_markdown(rep)
+    assert "## Stage details" in md and "stem.0: 32->16" in md
+    assert "top1 agreement 0.998" in md
+    assert "stem.0: 32-&gt;16" in to_html(rep, plots=False)

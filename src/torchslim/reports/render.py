@@ -130,6 +130,35 @@ def _conditions(report: Report) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------- markdown / JSON / HTML
+_KEPT_KEYS = {"kept_channels": "kept channels", "kept_heads": "kept attention heads", "kept_neurons": "kept FFN neurons"}
+
+
+def _details(report: Report) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Per stage, the figures that do not fit the table: what a pruning stage kept per dependency group,
+    the PyTorch/ONNX Runtime parity of an exported quantized model, training steps."""
+    out = []
+    for st in report.stages:
+        items: list[tuple[str, str]] = []
+        for key, label in _KEPT_KEYS.items():
+            kept = st.extra.get(key)
+            if isinstance(kept, dict) and kept:
+                text = ", ".join(f"{g}: {b}->{a}" for g, (b, a) in kept.items())
+                items.append((label, text))
+        parity = st.extra.get("parity")
+        if isinstance(parity, dict) and parity:
+            fig = ", ".join(
+                f"{k.replace('_', ' ')} {v:.4g}" for k, v in parity.items() if isinstance(v, int | float)
+            )
+            items.append(("parity, simulated vs ONNX Runtime", fig))
+        if st.extra.get("skipped"):
+            items.append(("left intact (not understood)", "; ".join(" ".join(x) for x in st.extra["skipped"])))
+        if st.extra.get("train_steps"):
+            items.append(("training steps", str(st.extra["train_steps"])))
+        if items:
+            out.append((st.name, items))
+    return out
+
+
 def to_markdown(report: Report) -> str:
     """A markdown page: title, one table row per stage, then the measurement conditions."""
     lines = [f"# {report.title}", ""]
@@ -139,6 +168,13 @@ def to_markdown(report: Report) -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
     lines.append("")
     lines.append("Speedups and size ratios are relative to the first stage, measured in the same run.")
+    details = _details(report)
+    if details:
+        lines += ["", "## Stage details", ""]
+        for name, items in details:
+            lines.append(f"**{name}**")
+            lines += [f"- {k}: {v}" for k, v in items]
+            lines.append("")
     conds = _conditions(report)
     if conds:
         lines += ["", "## Measurement conditions", ""]
@@ -200,6 +236,10 @@ def to_html(report: Report, plots: bool = True) -> str:
             imgs = _img(accuracy_vs_latency(report, "torch"), "accuracy vs PyTorch latency")
         imgs += _img(size_bars(report), "size on disk per stage")
     conds = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _conditions(report))
+    details = "".join(
+        f"<h3>{e(name)}</h3><dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in items) + "</dl>"
+        for name, items in _details(report)
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{e(report.title)}</title><style>{_CSS}</style></head><body>"
@@ -207,6 +247,7 @@ def to_html(report: Report, plots: bool = True) -> str:
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
         '<p class="note">Speedups and size ratios are relative to the first stage, measured in the same run.</p>'
         + (f"<h2>Plots</h2>{imgs}" if imgs else "")
+        + (f"<h2>Stage details</h2>{details}" if details else "")
         + (f"<h2>Measurement conditions</h2><dl>{conds}</dl>" if conds else "")
         + "</body></html>\n"
     )
