@@ -66,6 +66,7 @@ def test_prune_with_hrank_keeps_highest_rank_channels_and_needs_data() -> None:
     assert model[3].in_channels == 2
 
 
+@pytest.mark.slow  # uses the trained zoo ResNet: on a machine without its cache, first use trains it (~3 min)
 def test_hrank_ranks_stable_across_batch_counts() -> None:
     """Paper claim (PAPERS #47): average ranks from few batches are stable. Metric: Pearson correlation
     of per-filter ranks from 1 batch vs 5 batches of 32 Fashion-MNIST test images, threshold 0.95."""
