@@ -32,6 +32,7 @@ from torch.utils.data.dataloader import default_collate
 
 from torchslim.core.config import Config
 from torchslim.core.errors import ConfigError
+from torchslim.distillation.engine import frozen
 from torchslim.distillation.hinton import _logits, _split
 from torchslim.distillation.losses import hidden_mse, kd_loss
 from torchslim.distillation.taps import Taps
@@ -138,54 +139,52 @@ def residual_distill(
         other=f"student ({type(model).__name__})",
     )
     layer, alpha, beta, temp = config.teacher_layer, config.alpha, config.beta, config.temperature
-    t_was = teacher.training
-    teacher.eval()
     try:
-        # validate shapes on one batch before training
-        n = min(config.train.batch_size, len(data))  # type: ignore[arg-type]
-        if n == 0:
-            raise ConfigError("residual_distill: the data set is empty")
-        x0, _ = _split(default_collate([data[i] for i in range(n)]))
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            teacher(x0)
-            f_s0, _ = model.features(x0)
-        model.train(was)
-        if f_s0.shape != taps[layer].shape:
-            raise ConfigError(
-                f"residual_distill: the student feature {tuple(f_s0.shape)} and the teacher's "
-                f"{config.teacher_mode} of {layer!r} {tuple(taps[layer].shape)} differ; make the student "
-                "(and assistant) output the teacher feature's shape, or tap another teacher layer"
-            )
-
-        def step_fn(m: nn.Module, batch: Any) -> torch.Tensor:
-            x, y = _split(batch)
+        with frozen(teacher):
+            # validate shapes on one batch before training
+            n = min(config.train.batch_size, len(data))  # type: ignore[arg-type]
+            if n == 0:
+                raise ConfigError("residual_distill: the data set is empty")
+            x0, _ = _split(default_collate([data[i] for i in range(n)]))
+            was = model.training
+            model.eval()
             with torch.no_grad():
-                t_logits = _logits(teacher(x), "teacher")
-                f_t = taps[layer].detach()
-            assert isinstance(m, ResidualStudent)
-            f_s, f_a = m.features(x)
-            z = m.head(f_s if f_a is None else f_s + f_a)
-            loss = alpha * kd_loss(z, t_logits, temp)
-            if alpha < 1:
-                if y is None:
-                    raise ConfigError(
-                        "residual_distill: alpha < 1 needs labels; pass (x, y) items or set alpha=1"
-                    )
-                loss = loss + (1 - alpha) * F.cross_entropy(z, y)
-            mimic, resid = residual_losses(f_s, f_a, f_t)
-            return loss + beta * (mimic + resid)
+                teacher(x0)
+                f_s0, _ = model.features(x0)
+            model.train(was)
+            if f_s0.shape != taps[layer].shape:
+                raise ConfigError(
+                    f"residual_distill: the student feature {tuple(f_s0.shape)} and the teacher's "
+                    f"{config.teacher_mode} of {layer!r} {tuple(taps[layer].shape)} differ; make the student "
+                    "(and assistant) output the teacher feature's shape, or tap another teacher layer"
+                )
 
-        trainer = Trainer(
-            model,
-            config.train,
-            step_fn=step_fn,
-            callbacks=callbacks,
-            checkpoint_dir=checkpoint_dir,
-            progress=progress,
-        )
-        return trainer.fit(data, resume=resume)
+            def step_fn(m: nn.Module, batch: Any) -> torch.Tensor:
+                x, y = _split(batch)
+                with torch.no_grad():
+                    t_logits = _logits(teacher(x), "teacher")
+                    f_t = taps[layer].detach()
+                assert isinstance(m, ResidualStudent)
+                f_s, f_a = m.features(x)
+                z = m.head(f_s if f_a is None else f_s + f_a)
+                loss = alpha * kd_loss(z, t_logits, temp)
+                if alpha < 1:
+                    if y is None:
+                        raise ConfigError(
+                            "residual_distill: alpha < 1 needs labels; pass (x, y) items or set alpha=1"
+                        )
+                    loss = loss + (1 - alpha) * F.cross_entropy(z, y)
+                mimic, resid = residual_losses(f_s, f_a, f_t)
+                return loss + beta * (mimic + resid)
+
+            trainer = Trainer(
+                model,
+                config.train,
+                step_fn=step_fn,
+                callbacks=callbacks,
+                checkpoint_dir=checkpoint_dir,
+                progress=progress,
+            )
+            return trainer.fit(data, resume=resume)
     finally:
         taps.remove()
-        teacher.train(t_was)
