@@ -114,6 +114,8 @@ def test_compress_end_to_end_on_a_tiny_model(tiny_setup, tmp_path):
     orig, pruned, kd, q = r.report.stages
     # pruning physically removed channels: fewer params and MACs (64 -> 32 channels: ~4x fewer conv2 MACs)
     assert pruned.params < 0.5 * orig.params and pruned.macs < 0.4 * orig.macs
+    # per-group sensitivity (accuracy drop with only that group pruned) was measured before pruning
+    assert set(pruned.extra["sensitivity"]) == set(pruned.extra["kept_channels"])
     # int8 artifact is smaller on disk than the FP32 one of the same structure (>= 2.5x for int8 weights)
     assert q.size_bytes * 2.5 < kd.size_bytes
     # accuracy: digits are easy; distillation recovers to within 5 points of the original (metric: top-1)

@@ -83,6 +83,9 @@ class Recipe(Config):
     latency_repeats: int = 15
     threads: int | None = None
     eval_limit: int | None = None  # evaluate on the first N held-out samples only (None: all)
+    # channel_prune stages first measure each group's sensitivity (accuracy drop when pruned alone) on
+    # this many TRAINING samples; 0 turns it off (it costs one evaluation per prunable group)
+    sensitivity_samples: int = 1000
 
     def __init__(self, **data: Any) -> None:
         # Stages are parsed here, outside pydantic, so their errors keep their own field paths.
@@ -133,6 +136,7 @@ class PipelineContext:
     resume: bool = False
     progress: bool = True
     seed: int = 0
+    sensitivity_samples: int = 0
     onnx_path: Path | None = None  # set by a stage that produces its own deployable ONNX (quantization)
     quantized: Any = None
     extra: dict[str, Any] = field(default_factory=dict)  # the stage's own figures for the report
@@ -171,6 +175,17 @@ def _register_stages() -> None:
         if ctx.train_data is not None:
             x, y = _sample_batch(ctx.train_data, 256, ctx.seed)
             batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+        if ctx.train_data is not None and ctx.sensitivity_samples > 0:
+            from torchslim.bench.accuracy import top1
+            from torchslim.pruning.sensitivity import channel_sensitivity
+
+            sx, sy = _sample_batch(ctx.train_data, ctx.sensitivity_samples, ctx.seed + 1)
+            probe = torch.utils.data.TensorDataset(sx, sy)
+            base, sens = channel_sensitivity(
+                ctx.model, cfg, (ctx.example_input[:1],), lambda m: top1(m, probe), data=batches
+            )
+            ctx.extra["sensitivity"] = {s.group: round(s.drop, 4) for s in sens}
+            ctx.extra["sensitivity_baseline"] = base
         result = prune_(ctx.model, cfg, (ctx.example_input,), data=batches)
         ctx.extra["kept_channels"] = {g.name: [g.channels_before, g.channels_after] for g in result.groups}
         if result.skipped:
@@ -501,6 +516,7 @@ def compress(
         work_dir=work,
         progress=progress,
         seed=recipe.seed,
+        sensitivity_samples=recipe.sensitivity_samples,
     )
     artifacts: list[StageArtifact] = []
     names = ["original"] + [f"{i + 1}. {s.type_name}" for i, s in enumerate(recipe.stages)]

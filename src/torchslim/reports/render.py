@@ -144,6 +144,10 @@ def _details(report: Report) -> list[tuple[str, list[tuple[str, str]]]]:
             if isinstance(kept, dict) and kept:
                 text = ", ".join(f"{g}: {b}->{a}" for g, (b, a) in kept.items())
                 items.append((label, text))
+        sens = st.extra.get("sensitivity")
+        if isinstance(sens, dict) and sens:
+            text = ", ".join(f"{g}: {100 * d:+.1f} pt" for g, d in sens.items())
+            items.append(("sensitivity (accuracy drop with only that group pruned, training samples)", text))
         parity = st.extra.get("parity")
         if isinstance(parity, dict) and parity:
             fig = ", ".join(
