@@ -41,13 +41,12 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _weight_sqnr(ref: nn.Module, q: nn.Module) -> float:
-    sig = err = 0.0
+    """SQNR over all Conv2d/Linear weights of the model together."""
+    from torchslim.quantization.primitives import sqnr_db
+
     ql = _layers(q)
-    for n, m in _layers(ref).items():
-        w, wq = m.weight.detach().double(), ql[n].weight.detach().double()  # type: ignore[union-attr]
-        sig += float((w**2).sum())
-        err += float(((w - wq) ** 2).sum())
-    return 10.0 * float(torch.log10(torch.tensor(sig / max(err, 1e-300))))
+    pairs = [(m.weight.detach().flatten(), ql[n].weight.detach().flatten()) for n, m in _layers(ref).items()]
+    return sqnr_db(torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs]))  # type: ignore[arg-type]
 
 
 @torch.no_grad()

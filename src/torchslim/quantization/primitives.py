@@ -23,6 +23,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -163,3 +165,13 @@ def fake_quantize(
     y = (torch.clamp(q, qmin, qmax) - zb) * sb
     # straight-through: value y, gradient 1 inside the range and 0 outside
     return y.detach() + (x - x.detach()) * inside.to(x.dtype)
+
+
+def sqnr_db(reference: Tensor, approx: Tensor) -> float:
+    """Signal-to-quantisation-noise ratio ``10 log10(||ref||^2 / ||ref - approx||^2)`` in dB."""
+    ref = reference.detach().to(torch.float64)
+    noise = (ref - approx.detach().to(torch.float64)).pow(2).sum()
+    signal = ref.pow(2).sum()
+    if float(noise) == 0.0:
+        return math.inf
+    return float(10.0 * torch.log10(signal / noise))

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import math
 import operator
 import tempfile
 import warnings
@@ -51,7 +50,12 @@ from torchslim.core.config import Config
 from torchslim.core.errors import ConfigError, NumericalError
 from torchslim.quantization.fold import fold_batchnorm
 from torchslim.quantization.observers import Observer, make_observer
-from torchslim.quantization.primitives import choose_qparams, fake_quantize, qrange
+from torchslim.quantization.primitives import (
+    choose_qparams,
+    fake_quantize,
+    qrange,
+    sqnr_db,  # noqa: F401 - re-exported
+)
 
 
 class Phase(Enum):
@@ -355,16 +359,6 @@ class ParityResult:
     mean_abs_diff: float
     cosine: float
     top1_agreement: float
-
-
-def sqnr_db(reference: Tensor, approx: Tensor) -> float:
-    """Signal-to-quantisation-noise ratio ``10 log10(||ref||^2 / ||ref - approx||^2)`` in dB."""
-    ref = reference.detach().to(torch.float64)
-    noise = (ref - approx.detach().to(torch.float64)).pow(2).sum()
-    signal = ref.pow(2).sum()
-    if float(noise) == 0.0:
-        return math.inf
-    return float(10.0 * torch.log10(signal / noise))
 
 
 @dataclass

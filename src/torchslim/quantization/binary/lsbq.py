@@ -28,16 +28,15 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from torchslim.core.config import Config
+from torchslim.quantization.weights import FilterFn, select_weight_layers, weight_error
 
 Scheme = Literal["1bit", "ternary", "2bit", "greedy"]
-FilterFn = Callable[[str, nn.Module], bool]
 
 __all__ = [
     "LSBQ",
@@ -165,12 +164,6 @@ class LSBQ(Config):
     per_channel: bool = True
 
 
-def _sqnr(x: Tensor, y: Tensor) -> float:
-    err = float(((x - y) ** 2).sum())
-    sig = float((x**2).sum())
-    return float("inf") if err == 0 else 10.0 * float(torch.log10(torch.tensor(sig / err)))
-
-
 @torch.no_grad()
 def apply_lsbq(
     model: nn.Module, config: LSBQ, filter_fn: FilterFn | None = None
@@ -181,19 +174,9 @@ def apply_lsbq(
     is selected.
     """
     report: dict[str, dict[str, float]] = {}
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Conv2d | nn.Linear):
-            continue
-        if filter_fn is not None and not filter_fn(name, mod):
-            continue
+    for name, mod in select_weight_layers(model, filter_fn, "apply_lsbq").items():
         w = mod.weight.data
         q = lsbq_quantize(w.float(), config.scheme, config.per_channel, config.bits).to(w.dtype)
-        report[name] = {
-            "mse": float(((w - q) ** 2).mean()),
-            "sqnr_db": _sqnr(w, q),
-            "numel": float(w.numel()),
-        }
+        report[name] = weight_error(w, q)
         mod.weight.data.copy_(q)
-    if not report:
-        raise ValueError("apply_lsbq: no Conv2d/Linear layer selected; check the model and filter_fn")
     return report

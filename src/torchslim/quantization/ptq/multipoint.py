@@ -27,7 +27,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from torchslim.core.config import Config
-
-FilterFn = Callable[[str, nn.Module], bool]
+from torchslim.quantization.weights import FilterFn, select_weight_layers, weight_error
 
 __all__ = [
     "MultiPoint",
@@ -119,7 +118,7 @@ def allocate_points(errors: Tensor, mean_points: float) -> Tensor:
 
 @torch.no_grad()
 def input_second_moments(
-    model: nn.Module, layers: dict[str, nn.Module], batches: Iterable[Tensor], max_positions: int = 4096
+    model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable[Tensor], max_positions: int = 4096
 ) -> dict[str, Tensor]:
     """``H = E[x x^T]`` over the input patches (conv) / input rows (linear) of each named layer.
 
@@ -203,12 +202,6 @@ class MultiPoint(Config):
     scale_grid: int = Field(32, ge=1)
 
 
-def _sqnr(x: Tensor, y: Tensor) -> float:
-    err = float(((x - y) ** 2).sum())
-    sig = float((x**2).sum())
-    return float("inf") if err == 0 else 10.0 * float(torch.log10(torch.tensor(sig / err)))
-
-
 @torch.no_grad()
 def apply_multipoint(
     model: nn.Module,
@@ -226,13 +219,7 @@ def apply_multipoint(
         raise ValueError(
             f"multipoint: mean_points={config.mean_points} exceeds max_points={config.max_points}; raise max_points"
         )
-    layers: dict[str, nn.Module] = {
-        n: m
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Conv2d | nn.Linear) and (filter_fn is None or filter_fn(n, m))
-    }
-    if not layers:
-        raise ValueError("apply_multipoint: no Conv2d/Linear layer selected; check the model and filter_fn")
+    layers = select_weight_layers(model, filter_fn, "apply_multipoint")
     hs = input_second_moments(model, layers, calibration) if calibration is not None else {}
     report: dict[str, dict[str, float]] = {}
     for name, mod in layers.items():
@@ -243,9 +230,7 @@ def apply_multipoint(
             w.float(), config.bits, config.mean_points, config.max_points, hs.get(name), config.scale_grid
         )
         report[name] = {
-            "mse": float(((w.float() - q) ** 2).mean()),
-            "sqnr_db": _sqnr(w.float(), q),
-            "numel": float(w.numel()),
+            **weight_error(w, q),
             "mean_points": float(n.float().mean()),
             "bits_per_weight": float(n.float().mean()) * config.bits,
         }

@@ -28,14 +28,11 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
 from torchslim.core.config import Config
-
-FilterFn = Callable[[str, nn.Module], bool]
+from torchslim.quantization.weights import FilterFn, select_weight_layers, weight_error
 
 __all__ = ["PWLQ", "apply_pwlq", "pwlq_error", "pwlq_quantize", "pwlq_with_breakpoint", "search_breakpoint"]
 
@@ -140,12 +137,6 @@ class PWLQ(Config):
     refine_steps: int = 20
 
 
-def _sqnr(x: Tensor, y: Tensor) -> float:
-    err = float(((x - y) ** 2).sum())
-    sig = float((x**2).sum())
-    return float("inf") if err == 0 else 10.0 * float(torch.log10(torch.tensor(sig / err)))
-
-
 @torch.no_grad()
 def apply_pwlq(
     model: nn.Module, config: PWLQ, filter_fn: FilterFn | None = None
@@ -157,20 +148,11 @@ def apply_pwlq(
     """
     _check_bits(config.bits)
     report: dict[str, dict[str, float]] = {}
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Conv2d | nn.Linear):
-            continue
-        if filter_fn is not None and not filter_fn(name, mod):
-            continue
+    for name, mod in select_weight_layers(model, filter_fn, "apply_pwlq").items():
         w = mod.weight.data
         q, p = pwlq_quantize(w.float(), config.bits, config.per_channel, config.grid, config.refine_steps)
         m = _rows(w.float(), config.per_channel).abs().amax(dim=1).clamp(min=1e-30)
-        report[name] = {
-            "mse": float(((w - q) ** 2).mean()),
-            "sqnr_db": _sqnr(w.float(), q),
-            "numel": float(w.numel()),
-            "mean_breakpoint_ratio": float((p / m).mean()),
-        }
+        report[name] = {**weight_error(w, q), "mean_breakpoint_ratio": float((p / m).mean())}
         mod.weight.data.copy_(q.to(w.dtype))
     if not report:
         raise ValueError("apply_pwlq: no Conv2d/Linear layer selected; check the model and filter_fn")
