@@ -444,3 +444,43 @@ def test_sigkilled_process_resumes_to_identical_weights(tmp_path: Path) -> None:
         TRAIN
     )
     assert all(torch.equal(resumed[k], v) for k, v in ref.state_dict().items())  # exact
+
+
+class StepCounter:
+    """A stateful callback: counts steps and keeps the running sum of losses (a tensor) for the test."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.loss_sum = torch.zeros(())
+
+    def on_step_end(self, trainer: Trainer, step: int, loss: float) -> None:
+        self.steps += 1
+        self.loss_sum = self.loss_sum + loss
+
+    def state_dict(self) -> dict[str, object]:
+        return {"steps": self.steps, "loss_sum": self.loss_sum.clone()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.steps = int(state["steps"])  # type: ignore[call-overload]
+        self.loss_sum = state["loss_sum"].clone()  # type: ignore[attr-defined]
+
+
+def test_stateful_callback_state_is_checkpointed_and_restored(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.1, checkpoint_every_steps=5)
+    ref_cb = StepCounter()
+    Trainer(make_model(), cfg, callbacks=[ref_cb], progress=False).fit(TRAIN)
+    with pytest.raises(Interrupt):
+        Trainer(make_model(), cfg, callbacks=[StepCounter(), KillAt(23)], checkpoint_dir=tmp_path,
+                progress=False).fit(TRAIN)
+    cb = StepCounter()
+    Trainer(make_model(), cfg, callbacks=[cb], checkpoint_dir=tmp_path, progress=False).fit(TRAIN, resume=True)
+    # metric: exact equality of the callback's counters with an uninterrupted run (restored, not restarted)
+    assert cb.steps == ref_cb.steps
+    assert torch.equal(cb.loss_sum, ref_cb.loss_sum)
+    # a resume that lacks the callback's saved state is refused with a message naming it
+    (tmp_path / "other").mkdir()
+    Trainer(make_model(), cfg.model_copy(update={"max_steps": 3}), checkpoint_dir=tmp_path / "other",
+            progress=False).fit(TRAIN)
+    with pytest.raises(CheckpointError, match="StepCounter"):
+        Trainer(make_model(), cfg.model_copy(update={"max_steps": 3}), callbacks=[StepCounter()],
+                checkpoint_dir=tmp_path / "other", progress=False).fit(TRAIN, resume=True)

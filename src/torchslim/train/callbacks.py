@@ -7,6 +7,7 @@ A callback is any object with some of these optional methods (none is required):
     on_epoch_end(trainer, epoch, logs)       # after each epoch; ``logs`` is a dict callbacks may add to
     on_train_end(trainer)                    # once, after the last step
     extra_loss(trainer, model) -> Tensor | None   # a regulariser added to the loss of every step
+    state_dict() -> dict / load_state_dict(state) # both or neither: saved in checkpoints, restored on resume
 
 :class:`Callback` is a convenience base class with no-op methods; duck-typed objects work as well.
 """

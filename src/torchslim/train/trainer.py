@@ -271,7 +271,9 @@ class Trainer:
         config: a :class:`TrainConfig`.
         step_fn: ``step_fn(model, batch) -> scalar loss``; default: cross-entropy (with the config's label
             smoothing) of ``model(batch[0])`` against ``batch[1]``.
-        callbacks: objects with optional hooks (see :mod:`torchslim.train.callbacks`).
+        callbacks: objects with optional hooks (see :mod:`torchslim.train.callbacks`). A callback that also has
+            ``state_dict()`` / ``load_state_dict(state)`` has its state saved in checkpoints and restored on
+            resume (plain tensors, numbers, lists and dicts only: checkpoints load with ``weights_only=True``).
         checkpoint_dir: where ``last.pt`` is written; ``None``: no checkpoints (and no resume).
         progress: show a progress bar over steps with the loss and learning rate.
 
@@ -483,7 +485,23 @@ class Trainer:
             "epoch_loss": {"sum": self._epoch_loss_sum, "count": self._epoch_loss_count},
             "history": [dict(h) for h in self.history],
             "rng": rng_state(),
+            "callbacks": {key: cb.state_dict() for key, cb in self._stateful_callbacks()},
         }
+
+    def _stateful_callbacks(self) -> list[tuple[str, Any]]:
+        """Callbacks with ``state_dict()`` / ``load_state_dict()``: their state is saved in checkpoints (keyed by
+        class name and occurrence, so stateless callbacks may differ between runs) and restored on resume."""
+        out: list[tuple[str, Any]] = []
+        seen: dict[str, int] = {}
+        for cb in self.callbacks:
+            if cb is self.metrics or not (
+                callable(getattr(cb, "state_dict", None)) and callable(getattr(cb, "load_state_dict", None))
+            ):
+                continue
+            name = type(cb).__name__
+            seen[name] = seen.get(name, 0) + 1
+            out.append((f"{name}#{seen[name]}", cb))
+        return out
 
     def save_checkpoint(self) -> Path | None:
         """Write ``checkpoint_dir/last.pt`` atomically (no-op without a ``checkpoint_dir``)."""
@@ -551,6 +569,14 @@ class Trainer:
         self._epoch_loss_sum = float(state["epoch_loss"]["sum"])
         self._epoch_loss_count = int(state["epoch_loss"]["count"])
         self.metrics.history[:] = [dict(h) for h in state["history"]]
+        saved_cbs = state.get("callbacks") or {}
+        for key, cb in self._stateful_callbacks():
+            if key not in saved_cbs:
+                raise CheckpointError(
+                    f"{path} has no saved state for callback {key!r} (saved: {sorted(saved_cbs)}); resume with the "
+                    "same callbacks or use another checkpoint_dir to start fresh"
+                )
+            cb.load_state_dict(saved_cbs[key])
         per_rank = state.get("rng_per_rank")
         if isinstance(per_rank, list) and len(per_rank) == self.world_size and self.world_size > 1:
             set_rng_state(per_rank[self.rank])

@@ -1,0 +1,149 @@
+"""Self-distillation (SDA / SDV, Xu et al. 2020) vs plain fine-tuning at equal steps.
+
+Run: ``python -m benchmarks.self_distill [--quick] [--threads N] [--tweets]``
+
+Part 1: a small CNN (``benchmarks.distill_cnn.cnn_body`` at width 8) trained from scratch on a Fashion-MNIST
+subset with cross-entropy ("plain"), SDA (teacher = parameter average of the last K snapshots) and SDV
+(teacher = mean logits of the last K snapshots); same data order, optimizer, schedule and steps; several
+seeds.
+Part 2 (full mode, or ``--tweets``): a ``TweetClassifier`` (MLP head with dropout) on frozen MiniLM sentence
+embeddings of the health tweets (16 outlets). Reported: test top-1 mean and std over seeds. The paper
+fine-tunes BERT-base on text classification / NLI; this is a small-scale check of the same training rule.
+Writes ``benchmarks/results/self_distill.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+RESULTS = Path(__file__).resolve().parent / "results" / "self_distill.json"
+
+
+def _stats(v: list[float]) -> dict[str, Any]:
+    m = sum(v) / len(v)
+    s = (sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5
+    return {"mean": m, "std": s, "runs": v}
+
+
+def _compare(
+    make: Any, train: Any, test: Any, tc: Any, seeds: tuple[int, ...], k: int, lam: float
+) -> dict[str, Any]:
+    from torchslim.distillation.methods.self_distill import SelfDistill, self_distill
+    from torchslim.train import top1_accuracy
+
+    acc: dict[str, list[float]] = {"plain": [], "sda": [], "sdv": []}
+    secs: dict[str, float] = {"plain": 0.0, "sda": 0.0, "sdv": 0.0}
+    for seed in seeds:
+        for mode, key in (("none", "plain"), ("sda", "sda"), ("sdv", "sdv")):
+            torch.manual_seed(seed)
+            m = make()
+            tc_seed = tc.model_copy(update={"seed": seed})
+            cfg = SelfDistill(mode=mode, k=k, lam=lam, train=tc_seed)  # type: ignore[arg-type]
+            t0 = time.time()
+            self_distill(m, train, cfg, progress=False)
+            secs[key] += time.time() - t0
+            acc[key].append(top1_accuracy(m, test))
+    return {"accuracy": {k2: _stats(v) for k2, v in acc.items()}, "train_seconds": secs, "k": k, "lam": lam}
+
+
+def fmnist(quick: bool) -> dict[str, Any]:
+    from benchmarks.distill_cnn import cnn_body
+    from torchslim import data
+    from torchslim.train import TrainConfig
+
+    n_train, n_test, epochs = (3000, 2000, 2) if quick else (20000, 10000, 5)
+    seeds = (0, 1, 2) if quick else (0, 1, 2, 3, 4)
+    full, test = data.fashion_mnist("train"), data.fashion_mnist("test")
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(full.images), generator=g)[:n_train]
+    train = TensorDataset(full.images[idx].contiguous(), full.labels[idx].contiguous())
+    test_set = TensorDataset(test.images[:n_test], test.labels[:n_test])
+    tc = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, schedule="onecycle")
+    res = _compare(
+        lambda: nn.Sequential(cnn_body(8, feat=64), nn.Linear(64, 10)),
+        train,
+        test_set,
+        tc,
+        seeds,
+        k=3,
+        lam=1.0,
+    )
+    res["setup"] = {"n_train": n_train, "n_test": n_test, "train": tc.to_dict(), "seeds": list(seeds)}
+    return res
+
+
+def tweets(quick: bool) -> dict[str, Any]:
+    from torchslim import data
+    from torchslim.train import TrainConfig
+    from torchslim.zoo.minilm import minilm
+    from torchslim.zoo.text_classifier import embed_texts
+
+    n_train, n_test = (2000, 1000) if quick else (6000, 3000)
+    ds = data.health_tweets()
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(ds), generator=g)[: n_train + n_test]
+    texts = [ds.texts[int(i)] for i in idx]
+    emb = embed_texts(minilm(), texts)
+    y = ds.labels[idx]
+    train = TensorDataset(emb[:n_train], y[:n_train])
+    test_set = TensorDataset(emb[n_train:], y[n_train:])
+    tc = TrainConfig(
+        epochs=10, batch_size=64, lr=1e-3, optimizer="adamw", schedule="cosine", weight_decay=0.01
+    )
+    c = len(ds.label_names)
+
+    def make() -> nn.Module:
+        return nn.Sequential(
+            nn.Dropout(0.2), nn.Linear(emb.shape[1], 256), nn.GELU(), nn.Dropout(0.2), nn.Linear(256, c)
+        )
+
+    res = _compare(make, train, test_set, tc, (0, 1, 2), k=3, lam=1.0)
+    res["setup"] = {"n_train": n_train, "n_test": n_test, "train": tc.to_dict(), "classes": c}
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3,000 images, 2 epochs, 3 seeds; no tweets")
+    ap.add_argument("--tweets", action="store_true", help="also run the health-tweets part in quick mode")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+
+    from torchslim.bench import latency
+    from torchslim.core.io import atomic_write_json
+
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    out: dict[str, Any] = {"benchmark": "self_distill", "quick": args.quick, "threads": args.threads}
+    out["fashion_mnist"] = fmnist(args.quick)
+    if not args.quick or args.tweets:
+        out["health_tweets"] = tweets(args.quick)
+    out["wall_seconds"] = time.time() - t0
+    out["environment"] = latency.environment()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out, out)
+    for part in ("fashion_mnist", "health_tweets"):
+        if part not in out:
+            continue
+        r = out[part]
+        print(
+            f"{part}: {r['setup']['n_train']} train / {r['setup']['n_test']} test, "
+            f"K={r['k']}, lambda={r['lam']}"
+        )
+        print(f"  {'method':<8}{'top-1 mean':>12}{'std':>8}{'train s':>10}")
+        for k, v in r["accuracy"].items():
+            print(f"  {k:<8}{v['mean']:>12.4f}{v['std']:>8.4f}{r['train_seconds'][k]:>10.1f}")
+    print(f"wall {out['wall_seconds']:.0f} s -> {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
