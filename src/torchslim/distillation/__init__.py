@@ -7,7 +7,7 @@ Example:
 
 from __future__ import annotations
 
-from torchslim.distillation.hinton import HintonKD, distill
+from torchslim.distillation.hinton import FeatureKD, FeatureKDLoss, HintonKD, distill, feature_distill
 from torchslim.distillation.losses import kd_loss
 
-__all__ = ["HintonKD", "distill", "kd_loss"]
+__all__ = ["FeatureKD", "FeatureKDLoss", "HintonKD", "distill", "feature_distill", "kd_loss"]

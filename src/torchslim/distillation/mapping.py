@@ -122,8 +122,12 @@ def validate_mapping(
             be compared (names both layers and both shapes, and the fix).
     """
     t_desc, s_desc = f"teacher ({type(teacher).__name__})", f"student ({type(student).__name__})"
-    resolve_paths(student, [s for s, _ in pairs], "student", t_desc)
-    resolve_paths(teacher, [t for _, t in pairs], "teacher", s_desc)
+    for s, t in pairs:  # name both sides of a pair whose module is missing
+        try:
+            resolve_paths(student, [s], "student", t_desc)
+            resolve_paths(teacher, [t], "teacher", s_desc)
+        except ConfigError as err:
+            raise ConfigError(f"layer mapping: pair student {s!r} -> teacher {t!r}: {err}") from err
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     t_was, s_was = teacher.training, student.training
     teacher.eval()

@@ -102,11 +102,23 @@ def check_heads(teacher: nn.Module, student: nn.Module) -> None:
     """
     t, s = _heads(teacher), _heads(student)
     if t != s:
+        t_path, s_path = _last_attention_path(teacher), _last_attention_path(student)
         raise ConfigError(
             f"MiniLM distillation needs the same number of attention heads: the teacher has {t} heads, the "
-            f"student has {s}; build the student with num_attention_heads={t} (its hidden size must be a "
-            f"multiple of {t}), e.g. build_student(teacher, num_heads={t})"
+            f"student has {s} (teacher {type(teacher).__name__} module {t_path!r}: {t} heads; student "
+            f"{type(student).__name__} module {s_path!r}: {s} heads); build the student with "
+            f"num_attention_heads={t} (its hidden size must be a multiple of {t}), e.g. "
+            f"build_student(teacher, num_heads={t})"
         )
+
+
+def _last_attention_path(model: nn.Module) -> str:
+    """Dotted path (in ``model.named_modules()``) of the last layer's self-attention module."""
+    target = bert_of(model).encoder.layer[-1].attention.self
+    for name, mod in model.named_modules():
+        if mod is target:
+            return name
+    return "encoder.layer.-1.attention.self"
 
 
 @contextmanager
