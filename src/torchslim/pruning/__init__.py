@@ -5,11 +5,20 @@
 
 from __future__ import annotations
 
+from torchslim.pruning.adp import ADPConfig, adp_train
 from torchslim.pruning.api import ChannelPrune, GroupInfo, PruneError, PruneResult, count_params, prune_
+from torchslim.pruning.dsc import DSCConfig, dsc_train
+from torchslim.pruning.knapsack import KnapsackPrune, knapsack_prune_
 from torchslim.pruning.structured.transformer import FFNPrune, HeadPrune, prune_ffn_, prune_heads_
 
 __all__ = [
+    "ADPConfig",
     "ChannelPrune",
+    "DSCConfig",
+    "KnapsackPrune",
+    "adp_train",
+    "dsc_train",
+    "knapsack_prune_",
     "FFNPrune",
     "GroupInfo",
     "HeadPrune",

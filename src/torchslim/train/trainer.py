@@ -584,6 +584,11 @@ class Trainer:
             set_rng_state(state["rng"])
 
     # ---- internals ---------------------------------------------------------------------------------
+    def reset_optimizer(self) -> None:
+        """Build a fresh optimizer over the model's current trainable parameters (for callbacks that replace
+        modules mid-training, e.g. channel surgery); the LR schedule keeps its position (it sets each step's LR)."""
+        self.optimizer = self._make_optimizer()
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
         params = [p for p in self.model.parameters() if p.requires_grad]

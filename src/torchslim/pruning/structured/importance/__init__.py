@@ -81,6 +81,7 @@ _LAZY: dict[str, tuple[str, str, bool]] = {
     "bn_scale": ("torchslim.pruning.structured.importance.bn_scale", "bn_scale_scores", False),
     "taylor": ("torchslim.pruning.structured.importance.taylor", "taylor_scores", True),
     "hrank": ("torchslim.pruning.structured.importance.hrank", "hrank_scores", True),
+    "activation_density": ("torchslim.pruning.adp", "density_scores", True),
 }
 _REGISTERED: dict[str, Criterion] = {}
 
