@@ -22,6 +22,13 @@ def test_demo_recipe_parses_into_typed_stages():
     assert again.to_dict() == r.to_dict()
 
 
+def test_mixed_precision_recipe_parses():
+    r = load_recipe(DEMO.parent / "mixed_precision.yaml")
+    assert [s.type_name for s in r.stages] == ["mixed_precision"]
+    assert r.stages[0].budget == "size=0.5x" and r.stages[0].weights == "mixed"
+    assert Recipe.from_dict(r.to_dict()).to_dict() == r.to_dict()
+
+
 @pytest.mark.parametrize(
     ("stage", "needle"),
     [
@@ -30,6 +37,9 @@ def test_demo_recipe_parses_into_typed_stages():
         ({"type": "channel_prune", "ratio": 1.5}, "recipe.stages[0].ratio"),
         ({"type": "no_such_stage"}, "unknown type 'no_such_stage'"),
         ({"type": "static_ptq", "activations": "int4"}, "recipe.stages[0].activations"),
+        ({"type": "lowbit_ptq", "weights": "int9"}, "recipe.stages[0].weights: Value error, bit width 9 is outside 1..8"),
+        ({"type": "zeroq_ptq", "activations": "uint0"}, "recipe.stages[0].activations"),
+        ({"type": "mixed_precision"}, "budget go together"),
     ],
 )
 def test_bad_recipe_fails_before_work_naming_the_field(stage, needle):
@@ -217,3 +227,79 @@ def test_transformer_prune_stages_are_registered_and_shrink_a_bert():
     assert set(map(tuple, ctx.extra["kept_heads"].values())) == {(4, 2)}
     assert set(map(tuple, ctx.extra["kept_neurons"].values())) == {(64, 32)}
     assert m(ids).last_hidden_state.shape == (1, 8, 32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# low-bit quantization stages (quantization/mixed.py)
+# ---------------------------------------------------------------------------------------------------
+def _lowbit_recipe(stage: dict) -> Recipe:
+    return Recipe.from_dict(
+        {"type": "recipe", "latency_batch": 8, "latency_repeats": 2, "threads": 1, "eval_limit": 128,
+         "stages": [stage]}
+    )
+
+
+def test_mixed_precision_stage_reports_sensitivity_sizes_and_parity(tmp_path):
+    """A mixed_precision stage: chosen widths within the packed-size budget, both the packed size and the
+    ONNX file size recorded, sim-vs-ORT parity (cosine > 0.999), the sensitivity table in report.md/html/json."""
+    import json
+
+    from torchslim.reports.store import RunStore
+
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    rec = _lowbit_recipe({"type": "mixed_precision", "budget": "size=0.6x", "num_calibration": 64,
+                          "sensitivity_samples": 32})
+    r = compress(model, rec, data=_digits("train"), eval_data=_digits("test"), work_dir=tmp_path / "w",
+                 report_dir=tmp_path / "rep", store=RunStore(tmp_path / "runs.db"), progress=False)
+    q = r.report.stages[-1]
+    wb, budget, table = q.extra["weight_bytes"], q.extra["budget"], q.extra["sensitivity_table"]
+    assert wb["packed"] <= budget["bytes"] == int(0.6 * wb["packed_int8"])
+    assert wb["onnx_file"] == q.size_bytes  # the deployed file, int8 containers
+    assert set(table) == {"conv1", "conv2", "fc"} and {row["bits"] for row in table.values()} <= {2, 4, 8}
+    assert q.extra["parity"]["cosine"] > 0.999
+    assert "int8 containers" in q.extra["deployment"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Per-layer sensitivity" in md and "| conv2 | 36.86k |" in md and "KL @ 4 bit" in md
+    assert 'alt="per-layer sensitivity"' in (tmp_path / "rep" / "report.html").read_text()
+    js = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert js["stages"][-1]["extra"]["sensitivity_table"]["fc"]["params"] == 64 * 16 * 10
+
+
+def test_data_free_w4a4_stage_reads_no_training_data_and_says_it_runs_float(tmp_path):
+    """zeroq_ptq with data=None (nothing to read) at W4A4: emulated float ONNX, parity cosine > 0.999, the
+    deployment note says ORT runs it in float."""
+    from torchslim.reports.store import RunStore
+
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    rec = _lowbit_recipe({"type": "zeroq_ptq", "weights": "int4", "activations": "uint4", "num_calibration": 32,
+                          "distill_iterations": 20})
+    r = compress(model, rec, data=None, eval_data=_digits("test"), work_dir=tmp_path / "w",
+                 store=RunStore(tmp_path / "runs.db"), progress=False)
+    q = r.report.stages[-1]
+    assert "distilled" in q.extra["quantization"]["calibration_data"]
+    assert q.extra["parity"]["cosine"] > 0.999
+    assert "runs in float" in q.extra["deployment"]
+    assert q.extra["weight_bytes"]["onnx_file_float"] == q.size_bytes and "onnx_file" not in q.extra["weight_bytes"]
+    assert r.onnx_path.name == "model_emulated.onnx"
+
+
+@pytest.mark.parametrize("stage", [{"type": "pwlq_ptq", "weights": "int4"},
+                                   {"type": "multipoint_ptq", "weights": "int4", "num_calibration": 64}])
+def test_weight_only_stages_are_float_models_with_honest_sizes(stage, tmp_path):
+    """PWLQ / multi-point: the model stays float (PyTorch and ORT latency both measured, ONNX about FP32
+    size), packed size between 4/32 and 6/32 of FP32 at 4 bits (+ per-channel floats), deployment note says
+    float."""
+    from torchslim.reports.store import RunStore
+
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    r = compress(model, _lowbit_recipe(stage), data=_digits("train"), eval_data=_digits("test"),
+                 work_dir=tmp_path / "w", store=RunStore(tmp_path / "runs.db"), progress=False)
+    orig, q = r.report.stages
+    wb = q.extra["weight_bytes"]
+    assert 4 / 32 * wb["fp32"] < wb["packed"] < 6 / 32 * wb["fp32"]
+    assert q.latency_ms_torch is not None and abs(q.size_bytes - orig.size_bytes) < 0.05 * orig.size_bytes
+    assert "ORT runs it in float" in q.extra["deployment"]
+    assert min(q.extra["layer_sqnr_db"].values()) > 10.0

@@ -232,8 +232,136 @@ def _register_stages() -> None:
             probe, _ = _sample_batch(ctx.eval_data, 1024, ctx.seed)
         parity = q.parity(path, probe)
         ctx.extra["parity"] = _as_dict(parity)
+        ctx.extra["quantization"] = {
+            "method": cfg.type_name,
+            "calibrator": cfg.calibrator,
+            "weights": f"{cfg.weights} {cfg.granularity.replace('_', '-')}"
+            + (" (7-bit values: CPU without VNNI)" if cfg.resolved_reduce_range() else ""),
+            "activations": cfg.activations,
+            "calibration_data": f"{q.num_calibration} real training samples",
+        }
+        if q.unsupported:
+            ctx.extra["left_in_float"] = list(q.unsupported)
+        ctx.extra["deployment"] = "ONNX Runtime runs int8 QDQ kernels (QLinearConv / QGemm ...)"
         ctx.quantized = q
         ctx.onnx_path = Path(path)
+
+    _register_lowbit_stages()
+
+
+def _register_lowbit_stages() -> None:
+    """Low-bit PTQ stages (:mod:`torchslim.quantization.mixed`): any-width / data-free / mixed precision,
+    PWLQ and multi-point. Each records its sizes and an explicit deployment note in the stage details."""
+    from torchslim.quantization.mixed import PWLQPTQ, LowBitPTQ, MultiPointPTQ, parse_bits, run_lowbit_ptq
+
+    @STAGES.register(LowBitPTQ)
+    def _lowbit(cfg: LowBitPTQ, ctx: PipelineContext) -> None:
+        calib = None
+        if not cfg.data_free:
+            calib, _ = _sample_batch(ctx.need_train_data(cfg.type_name), cfg.num_calibration, ctx.seed)
+        res = run_lowbit_ptq(ctx.model, cfg, calib, example_input=ctx.example_input, seed=ctx.seed)
+        path = res.export(ctx.stage_dir() / ("model_int8.onnx" if res.ort_int8 else "model_emulated.onnx"),
+                          ctx.example_input)
+        probe = ctx.example_input
+        if ctx.eval_data is not None:
+            probe, _ = _sample_batch(ctx.eval_data, 1024, ctx.seed)
+        ctx.extra["parity"] = _as_dict(res.quantized.parity(path, probe))
+        from torchslim.bench.size import file_bytes
+
+        wbits = sorted(set(res.bits.values()))
+        ctx.extra["quantization"] = {
+            "method": cfg.type_name,
+            "calibrator": cfg.calibrator,
+            "weights": cfg.weights if cfg.weights != "mixed" else "mixed " + "/".join(f"int{b}" for b in wbits),
+            "activations": cfg.activations,
+            "calibration_data": res.calibration,
+        }
+        ctx.extra["weight_bytes"] = {
+            "packed": res.packed_bytes,
+            "packed_int8": res.int8_bytes,
+            ("onnx_file" if res.ort_int8 else "onnx_file_float"): file_bytes(path),
+        }
+        if res.plan is not None:
+            ctx.extra["budget"] = {"spec": cfg.budget, "bytes": res.plan.budget_bytes}
+            ctx.extra["sensitivity_table"] = res.plan.table()
+            ctx.extra["pareto_front"] = [[int(a), float(b)] for a, b in res.plan.front]
+        if res.quantized.unsupported:
+            ctx.extra["left_in_float"] = list(res.quantized.unsupported)
+        if res.ort_int8:
+            low = any(b < 8 for b in res.bits.values())
+            ctx.extra["deployment"] = (
+                "ONNX Runtime runs int8 QDQ kernels"
+                + (
+                    "; the weights below 8 bits are stored in int8 containers, so the ONNX file and the "
+                    "kernels are those of a W8A8 model (the packed size is what a bit-packing format would need)"
+                    if low
+                    else ""
+                )
+            )
+        else:
+            ctx.extra["deployment"] = (
+                f"activations at {res.act_bits} bits have no ONNX Runtime int8 kernel: the exported ONNX is a float "
+                "graph emulating the rounding (Round/Clip), which ORT runs in float (no speed-up; the packed "
+                "size is theoretical)"
+            )
+        ctx.quantized = res.quantized
+        ctx.onnx_path = Path(path)
+
+    @STAGES.register(PWLQPTQ)
+    def _pwlq(cfg: PWLQPTQ, ctx: PipelineContext) -> None:
+        from torchslim.quantization.mixed import packed_weight_bytes
+        from torchslim.quantization.ptq.pwlq import PWLQ, apply_pwlq
+
+        bits = parse_bits(cfg.weights)[0]
+        rep = apply_pwlq(ctx.model, PWLQ(bits=bits, per_channel=cfg.per_channel))
+        layers = dict(ctx.model.named_modules())
+        # per output channel: breakpoint p and range m (2 fp32)
+        packed = sum(
+            packed_weight_bytes(int(r["numel"]), _out_rows(layers[n], cfg.per_channel), bits, 8.0)
+            for n, r in rep.items()
+        )
+        _weight_only_extra(ctx, "pwlq", cfg.weights, rep, packed)
+
+    @STAGES.register(MultiPointPTQ)
+    def _multipoint(cfg: MultiPointPTQ, ctx: PipelineContext) -> None:
+        from torchslim.quantization.mixed import packed_weight_bytes
+        from torchslim.quantization.ptq.multipoint import MultiPoint, apply_multipoint
+
+        bits = parse_bits(cfg.weights)[0]
+        calibration = None
+        if cfg.num_calibration > 0 and ctx.train_data is not None:
+            x, _ = _sample_batch(ctx.train_data, cfg.num_calibration, ctx.seed)
+            calibration = list(x.split(64))
+        mp = MultiPoint(bits=bits, mean_points=cfg.mean_points, max_points=cfg.max_points, scale_grid=32)
+        rep = apply_multipoint(ctx.model, mp, calibration=calibration)
+        layers = dict(ctx.model.named_modules())
+        # every point of a channel has its own fp32 scale
+        packed = sum(
+            packed_weight_bytes(int(r["numel"]), _out_rows(layers[n], True), r["bits_per_weight"], 4.0 * r["mean_points"])
+            for n, r in rep.items()
+        )
+        _weight_only_extra(ctx, "multipoint", cfg.weights, rep, packed)
+
+
+def _out_rows(layer: nn.Module, per_channel: bool) -> int:
+    w = layer.weight
+    assert isinstance(w, torch.Tensor)
+    return int(w.shape[0]) if per_channel else 1
+
+
+def _weight_only_extra(
+    ctx: PipelineContext, method: str, weights: str, rep: dict[str, dict[str, float]], packed: int
+) -> None:
+    """Stage details of a weight-only (simulated) quantiser: per-layer error, sizes, deployment note."""
+    numel = sum(int(r["numel"]) for r in rep.values())
+    ctx.extra["quantization"] = {"method": method, "weights": weights, "activations": "float (weight-only)"}
+    ctx.extra["weight_bytes"] = {"packed": packed, "fp32": 4 * numel}
+    ctx.extra["layer_sqnr_db"] = {n: round(float(r["sqnr_db"]), 2) for n, r in rep.items()}
+    ctx.extra["deployment"] = (
+        f"{method} is simulated in PyTorch: the weights are float tensors holding the quantised values, so the "
+        "exported ONNX is a float model and ORT runs it in float (size on disk and latency are those of FP32; "
+        "the packed size is what a bit-packing format would need, not measured in any runtime)"
+    )
 
 
 def _sample_batch(data: Dataset, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ runner = CliRunner()
 
 def test_help_lists_every_command():
     out = runner.invoke(app, ["--help"]).output
-    for cmd in ("compress", "export", "bench", "runs", "report"):
+    for cmd in ("compress", "prune", "quantize", "distill", "export", "bench", "runs", "report"):
         assert cmd in out
 
 
@@ -89,8 +89,14 @@ def test_export_command_on_a_zoo_checkpoint(tmp_path):
     [
         (["prune", "--ratio", "1.5"], "options.stages[0].ratio"),
         (["prune", "--method", "magic"], "magic"),
-        (["quantize", "--method", "kl-div"], "options.stages[0].calibrator"),
-        (["quantize", "--activations", "int4"], "options.stages[0].activations"),
+        (["quantize", "--method", "kl-div"], "allowed: minmax, percentile, mse, kl, zeroq, pwlq, multipoint"),
+        (["quantize", "--activations", "int9"], "options.stages[0].activations"),
+        (["quantize", "--weights", "int0"], "options.stages[0].weights"),
+        (["quantize", "--weights", "int16"], "outside 1..8"),
+        (["quantize", "--method", "pwlq", "--weights", "int2"], "options.stages[0].weights"),
+        (["quantize", "--method", "pwlq", "--activations", "uint8"], "weights only"),
+        (["quantize", "--budget", "size=lots"], "options.stages[0].budget"),
+        (["quantize", "--budget", "0.5x", "--weights", "int4"], "budget go together"),
     ],
 )
 def test_prune_and_quantize_reject_bad_options_before_loading_anything(args, needle, tmp_path, monkeypatch):
@@ -103,3 +109,33 @@ def test_prune_and_quantize_reject_bad_options_before_loading_anything(args, nee
     res = runner.invoke(app, [*args, "--runs-db", str(tmp_path / "r.db")])
     assert res.exit_code != 0
     assert needle in str(res.exception) + res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({"method": "kl"}, {"type": "static_ptq", "calibrator": "entropy", "weights": "int8", "activations": "uint8"}),
+        ({"method": "minmax", "weights": "int4"}, {"type": "lowbit_ptq", "weights": "int4", "data_free": False}),
+        ({"method": "mse", "data_free": True}, {"type": "zeroq_ptq", "calibrator": "mse", "data_free": True}),
+        ({"method": "zeroq"}, {"type": "zeroq_ptq", "calibrator": "minmax", "weights": "int8", "data_free": True}),
+        ({"method": "minmax", "budget": "size=150KB"}, {"type": "mixed_precision", "weights": "mixed",
+                                                        "budget": "size=150KB"}),
+        ({"method": "pwlq"}, {"type": "pwlq_ptq", "weights": "int4"}),
+        ({"method": "multipoint", "weights": "int3"}, {"type": "multipoint_ptq", "weights": "int3"}),
+    ],
+)
+def test_quantize_options_map_to_recipe_stages(args, expected):
+    """Every `torchslim quantize` option combination is one recipe stage (exact fields), which parses."""
+    from torchslim.cli.main import quantize_stage
+    from torchslim.pipeline import Recipe
+
+    stage = quantize_stage(**args)
+    assert {k: stage[k] for k in expected} == expected
+    rec = Recipe.from_dict({"type": "recipe", "stages": [stage]})
+    assert rec.stages[0].type_name == expected["type"]
+
+
+def test_quantize_help_lists_methods_and_options():
+    out = runner.invoke(app, ["quantize", "--help"], terminal_width=200).output
+    for word in ("zeroq", "pwlq", "multipoint", "--data-free", "--budget", "size=150KB"):
+        assert word in out

@@ -207,24 +207,43 @@ def test_exclude_leaves_layer_float(trained_resnet, digits_data):  # type: ignor
     assert isinstance(q.sim.get_submodule("layer1.conv1"), WeightQuantWrapper)
 
 
-def test_unsupported_layer_warns_and_stays_float(digits_data):  # type: ignore[no-untyped-def]
-    """A layer type we do not quantise is left in float with a warning naming its module path."""
+def test_unsupported_layer_warns_and_stays_float(digits_data, tmp_path):  # type: ignore[no-untyped-def]
+    """A layer type we do not quantise is left in float with a warning naming its module path; the exported
+    model keeps it as a float op and ORT matches the simulation (cosine > 0.999, top-1 agreement >= 0.98)."""
     model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.Sigmoid(), nn.Flatten(), nn.Linear(16 * 14 * 14, 10)).eval()
     with pytest.warns(UserWarning, match=r"1 \(Sigmoid\)"):
         q = quantize_static(model, StaticPTQ(num_calibration=32), digits_data[0], progress=False)
     assert q.unsupported == ["1 (Sigmoid)"]
     with torch.no_grad():
         assert sqnr_db(model(digits_data[0][:64]), q.sim(digits_data[0][:64])) >= 25.0
+    path = q.export_onnx(tmp_path / "sigmoid.onnx", digits_data[0][:2])
+    assert "Sigmoid" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    par = q.parity(path, digits_data[2][:128])
+    assert par.cosine > 0.999 and par.top1_agreement >= 0.98, par
 
 
 def test_calibration_errors(trained_resnet):  # type: ignore[no-untyped-def]
-    """Empty calibration set -> ConfigError; NaN in calibration -> NumericalError; both name the fix."""
-    with pytest.raises(ConfigError, match="calibration set is empty"):
-        quantize_static(trained_resnet, StaticPTQ(), [], progress=False)
-    bad = torch.randn(8, 1, 16, 16)
-    bad[2, 0, 3, 3] = float("nan")
-    with pytest.raises(NumericalError, match="NaN or Inf"):
-        quantize_static(trained_resnet, StaticPTQ(), bad, progress=False)
+    """Empty calibration set -> ConfigError; fewer than MIN_CALIBRATION_SAMPLES -> ConfigError; NaN/Inf ->
+    NumericalError naming the first bad sample. All raised before the model is traced (prepare not called)."""
+    from torchslim.quantization import static
+
+    def no_work(*a, **k):  # type: ignore[no-untyped-def]
+        raise AssertionError("bad calibration data must fail before any work")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(static, "prepare", no_work)
+        with pytest.raises(ConfigError, match="calibration set is empty"):
+            quantize_static(trained_resnet, StaticPTQ(), [], progress=False)
+        with pytest.raises(ConfigError, match=f"too small \\(8 samples.*at least {static.MIN_CALIBRATION_SAMPLES}"):
+            quantize_static(trained_resnet, StaticPTQ(), torch.randn(8, 1, 16, 16), progress=False)
+        bad = torch.randn(8, 1, 16, 16)
+        bad[2, 0, 3, 3] = float("nan")
+        with pytest.raises(NumericalError, match="NaN or Inf \\(first at sample 2\\)"):
+            quantize_static(trained_resnet, StaticPTQ(), bad, progress=False)
+        inf = [torch.randn(64, 1, 16, 16), torch.randn(64, 1, 16, 16)]
+        inf[1][7, 0, 0, 0] = float("inf")
+        with pytest.raises(NumericalError, match="sample 71"):
+            quantize_static(trained_resnet, StaticPTQ(), inf, progress=False)
 
 
 def test_iterable_calibration_and_limit(trained_resnet, digits_data):  # type: ignore[no-untyped-def]

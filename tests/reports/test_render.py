@@ -119,3 +119,42 @@ def test_stage_details_list_kept_channels_and_parity():
     assert "## Stage details" in md and "stem.0: 32->16" in md
     assert "top1 agreement 0.998" in md
     assert "stem.0: 32-&gt;16" in to_html(rep, plots=False)
+
+
+def _quant_report():
+    from torchslim.reports.schema import Report, StageMetrics
+
+    table = {
+        "stem.0": {"params": 288, "kl": {"2": 0.5, "4": 0.02, "8": 1e-5}, "bits": 8},
+        "fc": {"params": 1280, "kl": {"2": 0.1, "4": 0.004, "8": 2e-6}, "bits": 4},
+    }
+    extra = {
+        "sensitivity_table": table,
+        "quantization": {"method": "mixed_precision", "weights": "mixed int4/int8"},
+        "weight_bytes": {"packed": 1000, "packed_int8": 1800, "onnx_file": 5000},
+        "budget": {"spec": "size=0.6x", "bytes": 1080},
+        "deployment": "ONNX Runtime runs int8 QDQ kernels",
+    }
+    return Report(title="q", stages=[StageMetrics(name="original", accuracy=0.9),
+                                     StageMetrics(name="1. mixed_precision", extra=extra)])
+
+
+def test_sensitivity_table_in_markdown_html_json(tmp_path):
+    """The per-layer sensitivity table (layer, params, KL per width, chosen bits) appears in report.md and
+    report.html with a plot, and report.json carries the raw table; sizes are labelled packed vs ONNX file."""
+    import json
+
+    from torchslim.reports.render import sensitivity_rows, to_markdown
+
+    rep = _quant_report()
+    header, rows = sensitivity_rows(rep.stages[1])
+    assert header == ["Layer", "Params", "KL @ 2 bit", "KL @ 4 bit", "KL @ 8 bit", "Chosen bits"]
+    assert rows[1] == ["fc", "1.28k", "0.1", "0.004", "2e-06", "4"]
+    md = to_markdown(rep)
+    assert "| fc | 1.28k | 0.1 | 0.004 | 2e-06 | 4 |" in md
+    assert "packed (bit-packed weights + scales; theoretical" in md and "ONNX file as deployed" in md
+    assert "size=0.6x = 1.05 KiB packed" in md
+    paths = write_report(rep, tmp_path)
+    page = paths["html"].read_text()
+    assert "<td>stem.0</td>" in page and 'alt="per-layer sensitivity"' in page
+    assert json.loads(paths["json"].read_text())["stages"][1]["extra"]["sensitivity_table"]["fc"]["bits"] == 4

@@ -1,4 +1,4 @@
-"""The ``torchslim`` command line: compress | prune | quantize | export | bench | runs | report."""
+"""The ``torchslim`` command line: compress | prune | quantize | distill | export | bench | runs | report."""
 
 from __future__ import annotations
 
@@ -169,14 +169,81 @@ def prune(
     _run_recipe(rec, model, data, report_dir, export_dir, work_dir, runs_db, False, None, threads, progress, label="prune")
 
 
+#: ``--method`` names of ``torchslim quantize``: calibrators (kl = the entropy calibrator), ZeroQ, and the
+#: weight-only low-bit methods
+QUANT_METHODS = ("minmax", "percentile", "mse", "kl", "zeroq", "pwlq", "multipoint")
+_CALIBRATOR_OF = {"minmax": "minmax", "percentile": "percentile", "mse": "mse", "kl": "entropy", "zeroq": "minmax"}
+
+
+def quantize_stage(
+    method: str,
+    weights: str | None = None,
+    activations: str | None = None,
+    data_free: bool = False,
+    budget: str | None = None,
+    granularity: str = "per_channel",
+    num_calibration: int | None = None,
+) -> dict[str, object]:
+    """The recipe stage (a dict) that ``torchslim quantize`` runs for these options.
+
+    W8A8 with a calibrator on real data -> ``static_ptq``; other widths, ``--data-free`` / zeroq or a
+    ``--budget`` -> ``lowbit_ptq`` / ``zeroq_ptq`` / ``mixed_precision``; pwlq / multipoint -> their
+    weight-only stages. Raises :class:`ConfigError` for an unknown method or an option the method lacks.
+
+    >>> quantize_stage("kl")["type"], quantize_stage("kl")["calibrator"]
+    ('static_ptq', 'entropy')
+    >>> quantize_stage("minmax", budget="size=0.5x")["type"]
+    'mixed_precision'
+    """
+    from torchslim.core.errors import ConfigError
+
+    if method not in QUANT_METHODS:
+        raise ConfigError(f"options.method: unknown method {method!r} (allowed: {', '.join(QUANT_METHODS)})")
+    if method in ("pwlq", "multipoint"):
+        if activations not in (None, "float"):
+            raise ConfigError(
+                f"options.activations: {method} quantizes weights only (activations stay float); drop --activations"
+            )
+        if budget is not None or data_free:
+            raise ConfigError(f"options: --budget and --data-free apply to minmax/percentile/mse/kl/zeroq, not {method}")
+        stage: dict[str, object] = {"type": f"{method}_ptq", "weights": weights or "int4"}
+        if method == "multipoint" and num_calibration is not None:
+            stage["num_calibration"] = num_calibration
+        return stage
+    calibrator = _CALIBRATOR_OF[method]
+    data_free = data_free or method == "zeroq"
+    w, a = weights or ("mixed" if budget else "int8"), activations or "uint8"
+    if w == "int8" and a in ("uint8", "int8") and not data_free and budget is None:
+        stage = {"type": "static_ptq", "calibrator": calibrator, "weights": w, "activations": a,
+                 "granularity": granularity}
+    else:
+        if granularity != "per_channel":
+            raise ConfigError("options.granularity: low-bit / data-free / mixed precision use per_channel weights")
+        kind = "mixed_precision" if budget else ("zeroq_ptq" if data_free else "lowbit_ptq")
+        stage = {"type": kind, "calibrator": calibrator, "weights": w, "activations": a, "data_free": data_free}
+        if budget:
+            stage["budget"] = budget
+    if num_calibration is not None:
+        stage["num_calibration"] = num_calibration
+    return stage
+
+
 @app.command()
 def quantize(
     model: ModelOpt = "resnet-fmnist",
-    method: Annotated[str, typer.Option(help="Calibrator: minmax, moving_average_minmax, percentile, mse, entropy.")] = "minmax",
-    weights: Annotated[str, typer.Option(help="Weight format (int8).")] = "int8",
-    activations: Annotated[str, typer.Option(help="Activation format: uint8 (fast in ONNX Runtime here) or int8.")] = "uint8",
-    granularity: Annotated[str, typer.Option(help="Weight scales: per_channel or per_tensor.")] = "per_channel",
-    num_calibration: Annotated[int, typer.Option(help="Calibration samples drawn from the training split.")] = 512,
+    method: Annotated[str, typer.Option(help="minmax, percentile, mse, kl (entropy), zeroq (data-free), pwlq or "
+                                        "multipoint (weight-only, simulated).")] = "minmax",
+    weights: Annotated[str | None, typer.Option(help="Weight format: int8 (default), int2..int7; pwlq/multipoint "
+                                                "default int4. With --budget: chosen per layer.")] = None,
+    activations: Annotated[str | None, typer.Option(help="Activation format: uint8 (default, fast in ONNX Runtime), "
+                                                    "int8, or uint2..uint7 / int2..int7 (simulated).")] = None,
+    data_free: Annotated[bool, typer.Option("--data-free", help="Calibrate on ZeroQ distilled data (no training "
+                                            "sample is read).")] = False,
+    budget: Annotated[str | None, typer.Option(help="Mixed precision: weight size budget, size=150KB or size=0.5x "
+                                               "(of the all-8-bit packed size).")] = None,
+    granularity: Annotated[str, typer.Option(help="Weight scales: per_channel or per_tensor (W8A8 only).")] = "per_channel",
+    num_calibration: Annotated[int | None, typer.Option(help="Calibration samples (real or distilled; default 512; "
+                                                       "multipoint 256).")] = None,
     data: DataOpt = None,
     report_dir: ReportOpt = None,
     export_dir: ExportOpt = None,
@@ -185,11 +252,13 @@ def quantize(
     threads: ThreadsOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Static post-training int8 quantization, exported as a QDQ ONNX model that ONNX Runtime runs in int8."""
+    """Post-training quantization: W8A8 int8 ONNX for ONNX Runtime, or low-bit / data-free / mixed precision.
+
+    Every option maps to one recipe stage (see `docs/quantization.md`), so the same runs from a recipe YAML.
+    """
     from torchslim.pipeline import Recipe
 
-    stage = {"type": "static_ptq", "calibrator": method, "weights": weights, "activations": activations,
-             "granularity": granularity, "num_calibration": num_calibration}
+    stage = quantize_stage(method, weights, activations, data_free, budget, granularity, num_calibration)
     rec = Recipe.from_dict({"type": "recipe", "name": f"quantize-{method}", "stages": [stage]}, where="options")
     _run_recipe(rec, model, data, report_dir, export_dir, work_dir, runs_db, False, None, threads, progress, label="quantize")
 
@@ -302,6 +371,15 @@ def _plain(x):  # type: ignore[no-untyped-def]
     import dataclasses
 
     return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
+
+
+def _register_distill() -> None:
+    from torchslim.cli.distill import register
+
+    register(app)
+
+
+_register_distill()
 
 
 def main() -> None:

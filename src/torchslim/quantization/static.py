@@ -470,6 +470,42 @@ def _batches(calib_inputs: Tensor | Iterable[Any], limit: int, batch_size: int =
         yield x
 
 
+#: fewer calibration samples than this give activation ranges that say little about the data: refused
+MIN_CALIBRATION_SAMPLES = 16
+
+
+def check_calibration(batches: list[Tensor], requested: int) -> int:
+    """Check calibration batches before any work; returns the number of samples.
+
+    Raises :class:`ConfigError` when the set is empty or has fewer than :data:`MIN_CALIBRATION_SAMPLES`
+    samples, and :class:`NumericalError` (naming the first bad sample) when it holds NaN or Inf.
+
+    >>> check_calibration([torch.zeros(32, 3)], 512)
+    32
+    """
+    n = sum(int(b.shape[0]) for b in batches)
+    if n == 0:
+        raise ConfigError(
+            "quantize_static: the calibration set is empty; pass at least one input batch (e.g. 512 training images)"
+        )
+    seen = 0
+    for b in batches:
+        finite = torch.isfinite(b.reshape(b.shape[0], -1)).all(dim=1)
+        if not bool(finite.all()):
+            first = seen + int((~finite).nonzero()[0, 0])
+            raise NumericalError(
+                f"calibration inputs contain NaN or Inf (first at sample {first}): remove those samples "
+                "before quantising"
+            )
+        seen += int(b.shape[0])
+    if n < MIN_CALIBRATION_SAMPLES:
+        raise ConfigError(
+            f"quantize_static: the calibration set is too small ({n} samples, num_calibration={requested}); "
+            f"pass at least {MIN_CALIBRATION_SAMPLES} samples (a few hundred is typical, e.g. 512)"
+        )
+    return n
+
+
 def prepare(
     model: nn.Module, config: StaticPTQ, example_input: Tensor | None = None
 ) -> tuple[fx.GraphModule, fx.GraphModule, list[str], list[str]]:
@@ -503,6 +539,10 @@ def quantize_static(
     tuples; at most ``config.num_calibration`` samples are used. ``example_input`` is accepted for API
     symmetry with export: when given, the converted simulation is run on it once as a check.
 
+    Before any work the calibration set is checked (:func:`check_calibration`): empty or fewer than
+    :data:`MIN_CALIBRATION_SAMPLES` samples -> :class:`ConfigError`; NaN/Inf -> :class:`NumericalError`.
+    Modules of types that are not quantised are left in float with a warning naming their paths.
+
     Example::
 
         q = quantize_static(model, StaticPTQ(num_calibration=256), train_images[:256], progress=False)
@@ -516,10 +556,7 @@ def quantize_static(
     if config.num_calibration <= 0:
         raise ConfigError(f"static_ptq.num_calibration: must be > 0, got {config.num_calibration}")
     batches = list(_batches(calib_inputs, config.num_calibration))
-    if not batches or sum(b.shape[0] for b in batches) == 0:
-        raise ConfigError(
-            "quantize_static: the calibration set is empty; pass at least one input batch (e.g. 512 training images)"
-        )
+    check_calibration(batches, config.num_calibration)
     example = example_input if example_input is not None else batches[0][:1]
     sim, folded, unsupported, excluded = prepare(model, config, example)
     if unsupported:
@@ -536,10 +573,6 @@ def quantize_static(
         iterator = progress_bar(batches, desc="calibrating", unit="batch")
     with torch.no_grad():
         for xb in iterator:
-            if not bool(torch.isfinite(xb).all()):
-                raise NumericalError(
-                    "calibration inputs contain NaN or Inf: remove those samples before quantising"
-                )
             sim(xb)
             seen += xb.shape[0]
     # CONVERT

@@ -12,7 +12,7 @@ from typing import Any
 
 from torchslim.reports.schema import Report
 
-__all__ = ["accuracy_vs_latency", "size_bars"]
+__all__ = ["accuracy_vs_latency", "sensitivity_plot", "size_bars"]
 
 
 def _figure(w: float = 6.4, h: float = 4.2) -> Any:
@@ -93,5 +93,48 @@ def size_bars(report: Report) -> bytes | None:
     ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("size on disk (MiB)")
     ax.set_title("size on disk per stage")
+    ax.grid(True, axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def sensitivity_plot(table: dict[str, Any], title: str = "") -> bytes | None:
+    """Per-layer sensitivity (ZeroQ KL, log scale) at each candidate width, the chosen width marked.
+
+    ``table``: ``{layer: {"params": n, "kl": {"2": kl, "4": kl, ...}, "bits": chosen}}`` (the
+    ``sensitivity_table`` a mixed-precision stage records). Returns ``None`` for an empty table.
+    """
+    if not table:
+        return None
+    layers = list(table)
+    widths = sorted({int(k) for r in table.values() for k in (r.get("kl") or {})})
+    if not widths:
+        return None
+    fig = _figure(max(6.4, 0.55 * len(layers) + 2), 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = ["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b", "#e377c2"]
+    bar_w = 0.8 / len(widths)
+    floor = 1e-9
+    for j, w in enumerate(widths):
+        xs = [i + (j - (len(widths) - 1) / 2) * bar_w for i in range(len(layers))]
+        ys = [max(float((table[n].get("kl") or {}).get(str(w), floor)), floor) for n in layers]
+        ax.bar(xs, ys, width=bar_w, color=colors[j % len(colors)], label=f"{w} bit")
+        chosen = [(x, y) for x, y, n in zip(xs, ys, layers, strict=True) if int(table[n].get("bits", -1)) == w]
+        if chosen:
+            ax.scatter(
+                [c[0] for c in chosen], [c[1] * 1.6 for c in chosen], marker="v", color="black", s=28, zorder=3,
+                label="chosen" if j == 0 else None,
+            )
+    handles, labels = ax.get_legend_handles_labels()
+    if "chosen" not in labels:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], marker="v", color="black", linestyle="none"))
+        labels.append("chosen")
+    ax.legend(handles, labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel("KL(FP32 || layer quantised)")
+    ax.set_title(f"per-layer sensitivity{': ' + title if title else ''} (marker: chosen width)")
     ax.grid(True, axis="y", alpha=0.3)
     return _png(fig)

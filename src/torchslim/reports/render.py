@@ -17,7 +17,7 @@ from typing import Any
 from torchslim.core.io import atomic_write_json, atomic_write_text
 from torchslim.reports.schema import Report, StageMetrics
 
-__all__ = ["to_markdown", "to_html", "to_json", "write_report", "print_table", "COLUMNS"]
+__all__ = ["to_markdown", "to_html", "to_json", "write_report", "print_table", "sensitivity_rows", "COLUMNS"]
 
 COLUMNS = (
     "Stage",
@@ -151,9 +151,12 @@ def _details(report: Report) -> list[tuple[str, list[tuple[str, str]]]]:
         parity = st.extra.get("parity")
         if isinstance(parity, dict) and parity:
             fig = ", ".join(
-                f"{k.replace('_', ' ')} {v:.4g}" for k, v in parity.items() if isinstance(v, int | float)
+                f"{k.replace('_', ' ')} {v:.6g}" if k == "cosine" else f"{k.replace('_', ' ')} {v:.4g}"
+                for k, v in parity.items()
+                if isinstance(v, int | float)
             )
             items.append(("parity, simulated vs ONNX Runtime", fig))
+        items += _quant_items(st)
         if st.extra.get("skipped"):
             items.append(("left intact (not understood)", "; ".join(" ".join(x) for x in st.extra["skipped"])))
         if st.extra.get("train_steps"):
@@ -161,6 +164,57 @@ def _details(report: Report) -> list[tuple[str, list[tuple[str, str]]]]:
         if items:
             out.append((st.name, items))
     return out
+
+
+def _quant_items(st: StageMetrics) -> list[tuple[str, str]]:
+    """Stage-detail lines of a quantization stage: method, sizes (packed vs ONNX file), budget, deployment."""
+    x = st.extra
+    items: list[tuple[str, str]] = []
+    q = x.get("quantization")
+    if isinstance(q, dict) and q:
+        items.append(("quantization", ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in q.items())))
+    wb = x.get("weight_bytes")
+    if isinstance(wb, dict) and wb:
+        labels = {
+            "packed": "packed (bit-packed weights + scales; theoretical, no runtime reads it)",
+            "packed_int8": "same, all weights at 8 bits",
+            "onnx_file": "ONNX file as deployed (int8 containers; what ONNX Runtime loads)",
+            "onnx_file_float": "ONNX file as deployed (float graph emulating the rounding; what ONNX Runtime loads)",
+            "fp32": "FP32 weights",
+        }
+        items.append(
+            ("weight size", "; ".join(f"{labels.get(k, k)}: {_bytes(int(v))}" for k, v in wb.items()))
+        )
+    budget = x.get("budget")
+    if isinstance(budget, dict) and budget:
+        items.append(("size budget", f"{budget.get('spec')} = {_bytes(int(budget.get('bytes') or 0))} packed"))
+    if x.get("left_in_float"):
+        items.append(("left in float (unsupported layer types)", ", ".join(map(str, x["left_in_float"]))))
+    sq = x.get("layer_sqnr_db")
+    if isinstance(sq, dict) and sq:
+        items.append(("weight SQNR per layer (dB)", ", ".join(f"{k}: {v}" for k, v in sq.items())))
+    if x.get("deployment"):
+        items.append(("deployment", str(x["deployment"])))
+    return items
+
+
+def sensitivity_rows(st: StageMetrics) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows of a stage's per-layer sensitivity table (layer, params, KL at each width, chosen bits),
+    or ``None`` when the stage has none (``extra["sensitivity_table"]``, written by mixed precision)."""
+    table = st.extra.get("sensitivity_table")
+    if not isinstance(table, dict) or not table:
+        return None
+    widths = sorted({int(k) for r in table.values() for k in (r.get("kl") or {})})
+    header = ["Layer", "Params"] + [f"KL @ {w} bit" for w in widths] + ["Chosen bits"]
+    rows = []
+    for layer, r in table.items():
+        kl = r.get("kl") or {}
+        rows.append(
+            [str(layer), _count(int(r.get("params") or 0))]
+            + [_num(kl.get(str(w)), ".3g") for w in widths]
+            + [str(r.get("bits", "–"))]
+        )
+    return header, rows
 
 
 def to_markdown(report: Report) -> str:
@@ -175,10 +229,20 @@ def to_markdown(report: Report) -> str:
     details = _details(report)
     if details:
         lines += ["", "## Stage details", ""]
+        by_name = {st.name: st for st in report.stages}
         for name, items in details:
             lines.append(f"**{name}**")
             lines += [f"- {k}: {v}" for k, v in items]
             lines.append("")
+            sens = sensitivity_rows(by_name[name]) if name in by_name else None
+            if sens is not None:
+                header, rows = sens
+                lines.append("Per-layer sensitivity (ZeroQ KL divergence with only that layer's weights quantised):")
+                lines.append("")
+                lines.append("| " + " | ".join(header) + " |")
+                lines.append("|---|" + "|".join("---:" for _ in header[1:]) + "|")
+                lines += ["| " + " | ".join(r) + " |" for r in rows]
+                lines.append("")
     conds = _conditions(report)
     if conds:
         lines += ["", "## Measurement conditions", ""]
@@ -226,6 +290,22 @@ def _img(png: bytes | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
+def _sensitivity_html(st: StageMetrics, plots: bool) -> str:
+    sens = sensitivity_rows(st)
+    if sens is None:
+        return ""
+    e = html.escape
+    header, rows = sens
+    out = "<p>Per-layer sensitivity (ZeroQ KL divergence with only that layer's weights quantised):</p>"
+    out += "<table><thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in header) + "</tr></thead><tbody>"
+    out += "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows) + "</tbody></table>"
+    if plots:
+        from torchslim.reports.plots import sensitivity_plot
+
+        out += _img(sensitivity_plot(st.extra["sensitivity_table"], title=st.name), "per-layer sensitivity")
+    return out
+
+
 def to_html(report: Report, plots: bool = True) -> str:
     """A self-contained HTML page (inline CSS, plots as base64 PNG: no external asset or URL)."""
     e = html.escape
@@ -240,8 +320,12 @@ def to_html(report: Report, plots: bool = True) -> str:
             imgs = _img(accuracy_vs_latency(report, "torch"), "accuracy vs PyTorch latency")
         imgs += _img(size_bars(report), "size on disk per stage")
     conds = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _conditions(report))
+    by_name = {st.name: st for st in report.stages}
     details = "".join(
-        f"<h3>{e(name)}</h3><dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in items) + "</dl>"
+        f"<h3>{e(name)}</h3><dl>"
+        + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in items)
+        + "</dl>"
+        + (_sensitivity_html(by_name[name], plots) if name in by_name else "")
         for name, items in _details(report)
     )
     return (
