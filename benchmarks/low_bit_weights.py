@@ -16,7 +16,15 @@ Bit accounting (bits stored per weight; per-channel float scales / breakpoints a
 * W2 only: ``lsbq_2bit`` (least-squares optimal 2-bit binary), ``greedy_2bit`` -- 2 bits.
 
 Multi-point allocation uses the output-error criterion on 256 calibration images from the train split;
-accuracy is measured on the test split (never used for calibration). Writes
+accuracy is measured on the test split (never used for calibration).
+
+Second part, **W4A8 and W4A4 at equal weight size** (4 bits stored per weight): BatchNorm folded first,
+the weights quantised by each method (per output channel), then 8-bit or 4-bit per-tensor activation
+fake-quant at every quantised layer's input/output (``quantize_static`` graph, MSE-optimal ranges calibrated
+on the same 256 images *after* weight quantisation; its own int8 weight quantiser is disabled so the method's
+weights are used as they are). Methods: ``uniform_sym``, ``uniform_asym``, ``pwlq``, ``multipoint_eqbits``
+and ``zeroq_mixed`` (ZeroQ: per-layer KL sensitivity on distilled data, Pareto-DP choice of 2/4/8-bit
+per-channel symmetric weights under the size of uniform 4-bit). Writes
 ``benchmarks/results/low_bit_weights.json``.
 """
 
@@ -45,7 +53,10 @@ def _weight_sqnr(ref: nn.Module, q: nn.Module) -> float:
     from torchslim.quantization.primitives import sqnr_db
 
     ql = _layers(q)
-    pairs = [(m.weight.detach().flatten(), ql[n].weight.detach().flatten()) for n, m in _layers(ref).items()]
+    pairs = [
+        (m.weight.detach().flatten(), ql[n].weight.detach().flatten())  # type: ignore[operator]
+        for n, m in _layers(ref).items()
+    ]
     return sqnr_db(torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs]))  # type: ignore[arg-type]
 
 
@@ -53,6 +64,87 @@ def _weight_sqnr(ref: nn.Module, q: nn.Module) -> float:
 def _logits(model: nn.Module, x: Tensor, batch: int = 500) -> Tensor:
     model.eval()
     return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def _act_ordering(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per activation width: methods ranked by accuracy, and the papers' claims checked."""
+    out: dict[str, Any] = {}
+    for a in sorted({r["act_bits"] for r in rows}):
+        acc = {r["method"]: r["accuracy"] for r in rows if r["act_bits"] == a}
+        best_uniform = max(acc["uniform_sym"], acc["uniform_asym"])
+        out[f"W4A{a}"] = {
+            "ranking": sorted(acc, key=lambda k: -acc[k]),
+            "pwlq_beats_best_uniform": acc["pwlq"] > best_uniform,
+            "multipoint_eqbits_beats_best_uniform": acc["multipoint_eqbits"] > best_uniform,
+            "zeroq_mixed_beats_best_uniform": acc["zeroq_mixed"] > best_uniform,
+        }
+    return out
+
+
+def _weight_act_rows(
+    base: nn.Module, calib: Tensor, x_test: Tensor, y_test: Tensor, ref_pred: Tensor, quick: bool
+) -> list[dict[str, Any]]:
+    """W4A8 / W4A4 at equal weight size: each weight method, then per-tensor activation fake-quant."""
+    from torchslim.bench.peers import fold_batchnorm_eager
+    from torchslim.quantization import StaticPTQ, quantize_static
+    from torchslim.quantization.formats import IntFormat, int_quantize
+    from torchslim.quantization.ptq import PWLQ, MultiPoint, apply_multipoint, apply_pwlq
+    from torchslim.quantization.ptq.zeroq import distill_data, layer_sensitivity, mixed_precision, set_bits
+    from torchslim.quantization.static import WeightQuantWrapper
+
+    folded = fold_batchnorm_eager(base)
+    t = time.time()
+    n_distill, iters = (64, 50) if quick else (128, 200)
+    distilled = distill_data(base, num_samples=n_distill, input_shape=(1, 28, 28), iterations=iters, lr=0.2)
+    sens = layer_sensitivity(base, distilled, bits=(2, 4, 8))
+    zq_bits = mixed_precision(sens, base, 4.0)
+    zq_s = time.time() - t
+
+    def per_channel(bits_of: Callable[[str], int], symmetric: bool = True) -> Callable[[nn.Module], None]:
+        def fn(m: nn.Module) -> None:
+            with torch.no_grad():
+                for name, mod in _layers(m).items():
+                    w = mod.weight
+                    assert isinstance(w, Tensor)
+                    w.copy_(int_quantize(w.detach(), IntFormat(bits_of(name)), symmetric=symmetric, axis=0))
+
+        return fn
+
+    methods: dict[str, Callable[[nn.Module], Any]] = {
+        "uniform_sym": per_channel(lambda _n: 4),
+        "uniform_asym": per_channel(lambda _n: 4, symmetric=False),
+        "pwlq": lambda m: apply_pwlq(m, PWLQ(bits=4)),
+        "multipoint_eqbits": lambda m: apply_multipoint(
+            m, MultiPoint(bits=3, mean_points=4 / 3), calibration=list(calib.split(64))
+        ),
+        "zeroq_mixed": per_channel(lambda n: zq_bits[n]),
+    }
+    rows: list[dict[str, Any]] = []
+    for name, fn in methods.items():
+        m = copy.deepcopy(folded)
+        fn(m)
+        q8 = quantize_static(m, StaticPTQ(num_calibration=len(calib), calibrator="mse", reduce_range=False), calib,
+                             progress=False)
+        for a in (8, 4):
+            q = set_bits(q8, 8, a)
+            for mod in q.sim.modules():
+                if isinstance(mod, WeightQuantWrapper):
+                    mod.enabled = False  # keep the method's weights exactly
+            pred = _logits(q.sim, x_test).argmax(1)
+            rows.append(
+                {
+                    "method": name,
+                    "weight_bits": 4,
+                    "act_bits": a,
+                    "accuracy": float((pred == y_test).float().mean()),
+                    "top1_agreement_fp32": float((pred == ref_pred).float().mean()),
+                }
+            )
+    for r in rows:
+        if r["method"] == "zeroq_mixed":
+            r["zeroq_bits"] = zq_bits
+            r["zeroq_distill"] = {"samples": n_distill, "iterations": iters, "seconds_contaminated": zq_s}
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -96,28 +188,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def calib_batches() -> list[Tensor]:
         return list(calib.split(64))
 
+    def pwlq_fn(bits: int) -> Callable[[nn.Module], Any]:
+        return lambda m: apply_pwlq(m, PWLQ(bits=bits))
+
+    def multipoint_fn(bits: int, mean_points: float) -> Callable[[nn.Module], Any]:
+        return lambda m: apply_multipoint(
+            m, MultiPoint(bits=bits, mean_points=mean_points), calibration=calib_batches()
+        )
+
     variants: list[tuple[int, str, float, Callable[[nn.Module], Any]]] = []
     for b in (4, 3):
         variants += [
             (b, "uniform_sym", b, uniform(True, b)),
             (b, "uniform_asym", b, uniform(False, b)),
-            (b, "pwlq", b, lambda m, b=b: apply_pwlq(m, PWLQ(bits=b))),
-            (
-                b,
-                "multipoint_1.25",
-                1.25 * b,
-                lambda m, b=b: apply_multipoint(
-                    m, MultiPoint(bits=b, mean_points=1.25), calibration=calib_batches()
-                ),
-            ),
-            (
-                b,
-                "multipoint_eqbits",
-                float(b),
-                lambda m, b=b: apply_multipoint(
-                    m, MultiPoint(bits=b - 1, mean_points=b / (b - 1)), calibration=calib_batches()
-                ),
-            ),
+            (b, "pwlq", b, pwlq_fn(b)),
+            (b, "multipoint_1.25", 1.25 * b, multipoint_fn(b, 1.25)),
+            (b, "multipoint_eqbits", float(b), multipoint_fn(b - 1, b / (b - 1))),
         ]
     variants += [
         (2, "uniform_sym", 2, uniform(True, 2)),
@@ -149,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 r["bits_per_weight"] * r["numel"] for r in rep.values()
             ) / sum(r["numel"] for r in rep.values())
         rows.append(row)
+
+    act_rows = _weight_act_rows(base, calib, x_test, y_test, ref_pred, quick=args.quick)
 
     def get(b: int, meth: str) -> dict[str, Any]:
         return next(r for r in rows if r["weight_bits"] == b and r["method"] == meth)
@@ -185,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fp32_accuracy": fp_acc,
         "variants": rows,
         "ordering": ordering,
+        "weight_and_activation": act_rows,
+        "weight_and_activation_ordering": _act_ordering(act_rows),
         "threads": args.threads,
         "wall_seconds": time.time() - t0,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
@@ -212,6 +302,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{r['weight_sqnr_db']:.2f}",
         )
     Console(width=120).print(table)
+    t2 = Table(title="W4A8 / W4A4 at equal weight size (4 bits/weight), per-tensor activations, BN folded")
+    for col in ("method", "A", "accuracy", "agree FP32"):
+        t2.add_column(col, justify="left" if col == "method" else "right")
+    for r in act_rows:
+        t2.add_row(r["method"], str(r["act_bits"]), f"{r['accuracy']:.4f}", f"{r['top1_agreement_fp32']:.4f}")
+    Console(width=120).print(t2)
     return out
 
 

@@ -12,7 +12,10 @@ per-channel after cross-layer equalization + empirical bias correction (DFQ; BN 
 by ReLU because ReLU6 is not positively homogeneous; the full run adds it with the ``mse`` calibrator and
 per-tensor); (5) ours per-channel with the ``mse`` calibrator; (6) ORT ``quantize_static`` QDQ U8S8 per-channel min-max on the same
 BN-folded FP32 ONNX with the same calibration crops (plus ``reduce_range=True`` in the full run).
-NNCF is not installed here, so it is not compared. Latency: ORT at batch 32, all variants interleaved in one
+(7) NNCF (when installed): ``nncf.quantize`` (default recipe) on the same BN-folded model and calibration crops,
+exported as ONNX QDQ pairs (``nncf``), and (8) the same model with its signed per-tensor activation
+quantizers rewritten to the equivalent uint8 ones (``nncf_u8act``, exact; the issue's "activations
+rewritten per-tensor U8"). Latency: ORT at batch 32, all variants interleaved in one
 run (``bench.latency.compare``); on a shared machine only the ratios are meaningful.
 Writes ``benchmarks/results/mobilenet_ptq.json``.
 """
@@ -52,6 +55,11 @@ def _ort_quantize_static(fp32: Path, out: Path, calib: torch.Tensor, reduce_rang
     from torchslim.bench.peers import ort_quantize_static
 
     return ort_quantize_static(fp32, out, calib, reduce_range=reduce_range, batch=32)
+
+
+def _const(t: torch.Tensor) -> Any:
+    """A "model" that ignores its input and returns ``t`` (precomputed ORT logits)."""
+    return lambda _x: t
 
 
 def relu6_to_relu(model: nn.Module) -> nn.Module:
@@ -111,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             return quantize_static(m, cfg, calib, progress=False)
 
     quant_s: dict[str, float] = {}
+    n_u8 = 0
     qmodels: dict[str, Any] = {}
     pc = StaticPTQ(num_calibration=n_calib)
     configs: dict[str, StaticPTQ] = {
@@ -154,6 +163,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             variants["fp32"], tmp / "ort_qs.onnx", calib, reduce_range=False
         )
         quant_s["ort_quantize_static"] = time.time() - t
+        if nncf_installed:
+            from torchslim.bench.peers import activations_to_uint8, nncf_export_onnx, nncf_quantize
+
+            t = time.time()
+            nq = nncf_quantize(model, calib, batch=32)
+            quant_s["nncf"] = time.time() - t
+            variants["nncf"] = nncf_export_onnx(nq, x32, tmp / "nncf.onnx")
+            variants["nncf_u8act"], n_u8 = activations_to_uint8(variants["nncf"], tmp / "nncf_u8act.onnx")
         if not args.quick:
             t = time.time()
             variants["ort_quantize_static_rr"] = _ort_quantize_static(
@@ -168,9 +185,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ref = logits["fp32"]
         n = evaluation.shape[0]
         for name, path in variants.items():
-            agree, kl = accuracy.agreement(lambda _x: ref, lambda _x, k=name: logits[k], evaluation, batch_size=n)
+            agree, kl = accuracy.agreement(_const(ref), _const(logits[name]), evaluation, batch_size=n)
             results[name] = {"top1_agreement_fp32": agree, "kl_fp32": kl, "file_bytes": path.stat().st_size}
-            if name.startswith(("ours", "ort")):
+            if name.startswith(("ours", "ort", "nncf")):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     ops = ort_optimized_op_counts(path)
@@ -210,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reduce_range_resolved": pc.resolved_reduce_range(),
         "equalization_pairs": n_pairs,
         "nncf_installed": nncf_installed,
+        "nncf_activation_quantizers_rewritten_u8": n_u8,
         "variants": results,
         "ours_per_channel_parity_sim_vs_ort": {
             "n": n_par,

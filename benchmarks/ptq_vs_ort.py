@@ -1,11 +1,13 @@
-"""Our static int8 PTQ vs ONNX Runtime's ``quantize_static`` on the Fashion-MNIST ResNet.
+"""Our static int8 PTQ vs ONNX Runtime's ``quantize_static`` and NNCF on the Fashion-MNIST ResNet.
 
 Run: ``python -m benchmarks.ptq_vs_ort [--quick] [--threads N]``
 
 Both quantisers see the same 512 calibration images (train split, fixed seed) and start from the same
 BN-folded FP32 model: ours quantises the PyTorch model and exports QDQ; ORT's ``quantize_static``
 (QDQ, U8S8, per-channel, min-max) quantises the BN-folded FP32 ONNX exported from the same folded
-model. Reported: test-split accuracy, top-1 agreement with FP32, ORT latency at batch 64 (interleaved,
+model. NNCF (when installed): ``nncf.quantize`` (default recipe) on the same BN-folded eager model with the
+same 512 images, exported as ONNX QDQ pairs (``nncf``), and the same model with its signed per-tensor
+activation quantizers rewritten to the equivalent uint8 ones (``nncf_u8act``, exact). Reported: test-split accuracy, top-1 agreement with FP32, ORT latency at batch 64 (interleaved,
 median, fixed threads), file size, sim-vs-ORT parity of ours, and the int8 ops ORT actually runs.
 Writes ``benchmarks/results/ptq_vs_ort.json``.
 """
@@ -13,6 +15,7 @@ Writes ``benchmarks/results/ptq_vs_ort.json``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import tempfile
 import time
 import warnings
@@ -94,6 +97,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             fp32, tmp / "ort_qs.onnx", calib, reduce_range=False
         )
         ort_s = time.time() - t_o
+        nncf_parity: dict[str, float] | None = None
+        nncf_s = 0.0
+        if importlib.util.find_spec("nncf") is not None:
+            from torchslim.bench.peers import activations_to_uint8, nncf_export_onnx, nncf_quantize
+
+            t_n = time.time()
+            nq = nncf_quantize(model, calib, batch=64)
+            nncf_s = time.time() - t_n
+            variants["nncf"] = nncf_export_onnx(nq, x64, tmp / "nncf.onnx")
+            variants["nncf_u8act"], _ = activations_to_uint8(variants["nncf"], tmp / "nncf_u8act.onnx")
+            with torch.no_grad():
+                nsim = torch.cat([nq(x_test[i : i + 500]) for i in range(0, n_test, 500)])
         if not args.quick:
             variants["ort_quantize_static_rr"] = _ort_quantize_static(
                 fp32, tmp / "ort_qs_rr.onnx", calib, reduce_range=True
@@ -120,6 +135,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with torch.no_grad():
             results["torch_fp32"] = {"accuracy": float((model(x_test).argmax(1) == y_test).float().mean())}
         parity = q.parity(ours, x_test, threads=args.threads)
+        if "nncf" in variants:
+            n_ort = preds["nncf"]
+            nncf_parity = {
+                "max_abs_diff": float((n_ort - nsim).abs().max()),
+                "cosine": float(torch.nn.functional.cosine_similarity(n_ort.flatten(), nsim.flatten(), dim=0)),
+                "top1_agreement": float((n_ort.argmax(1) == nsim.argmax(1)).float().mean()),
+            }
 
         calls = {k: latency.ort_callable(p, x64, threads=args.threads) for k, p in variants.items()}
         repeats = args.repeats or (10 if args.quick else 20)
@@ -149,7 +171,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cosine": parity.cosine,
             "top1_agreement": parity.top1_agreement,
         },
-        "quantize_seconds": {"ours": quant_s, "ort_quantize_static": ort_s},
+        "nncf_installed": "nncf" in variants,
+        "nncf_parity_sim_vs_ort": nncf_parity,
+        "quantize_seconds": {"ours": quant_s, "ort_quantize_static": ort_s}
+        | ({"nncf": nncf_s} if "nncf" in variants else {}),
         "wall_seconds": time.time() - t0,
         "environment": latency.environment(),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -173,3 +174,82 @@ def test_config_round_trip() -> None:
     again = DynamicPTQ.from_dict(cfg.to_dict())
     assert again == cfg
     assert cfg.resolved_weight_dtype() == "int8"
+
+
+# ------------------------------------------------------------------------------------ SmoothQuant inputs
+def test_smoothed_tiny_bert_ort_parity_fused_kernels_and_fidelity(tmp_path: Path) -> None:
+    """Metrics: sim vs ORT cosine >= 0.99999, max abs diff <= 1e-3 (smoothing's 1/s runs as a Mul before
+    DynamicQuantizeLinear; still 12 fused integer kernels); with 20x outlier LayerNorm channels, per-tensor
+    cosine vs FP32 after smoothing exceeds the unsmoothed one (reference: the same quantiser unsmoothed)."""
+    pytest.importorskip("onnxruntime")
+    from torchslim.quantization.onnx_qdq import ort_optimized_op_counts
+    from torchslim.quantization.smooth import SmoothQuant, bert_fold_map, smooth_quant
+
+    bert = _tiny_bert()
+    with torch.no_grad():
+        for m in bert.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight[[3, 17, 40]] *= 20.0
+    ids, mask = _inputs()
+    sm = smooth_quant(bert, [(ids, mask)], SmoothQuant(alpha=0.5, fold_into=bert_fold_map(bert)))
+    cfg = DynamicPTQ(activations="per_tensor", weight_dtype="uint8")
+    q = quantize_dynamic(sm.model, cfg)
+    assert all(m.input_scale is not None for n, m in q.sim.named_modules() if n.endswith("self.query"))
+    path = q.export_onnx(tmp_path / "smooth.onnx", (ids, mask), input_names=["input_ids", "attention_mask"])
+    par = q.parity(path, (ids[:3, :20], mask[:3, :20]))
+    assert par.cosine >= 0.99999 and par.max_abs_diff <= 1e-3
+    ops = ort_optimized_op_counts(path)
+    assert ops.get("DynamicQuantizeMatMul", 0) + ops.get("MatMulIntegerToFloat", 0) == 12, ops
+    plain = quantize_dynamic(bert, cfg)
+    with torch.no_grad():
+        ref = bert(ids, mask).last_hidden_state
+        c_smooth = _cos(q(ids, mask).last_hidden_state, ref)
+        c_plain = _cos(plain(ids, mask).last_hidden_state, ref)
+    assert c_smooth > c_plain
+
+
+def test_layer_sensitivity_ranks_outlier_input_first() -> None:
+    """Metric: SQNR (dB) per Linear equals sqnr_db of that layer's DynamicQuantLinear vs float on its real
+    input (tolerance 1e-3 dB); the Linear fed by outlier channels is ranked most sensitive."""
+    from torchslim.quantization.dynamic import layer_sensitivity
+
+    torch.manual_seed(0)
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(16, 16)
+            self.b = nn.Linear(16, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            h = h * torch.cat([torch.full((1,), 50.0), torch.ones(15)])  # one outlier channel into b
+            return self.b(h)
+
+    model = Two().eval()
+    x = torch.randn(4, 16)
+    cfg = DynamicPTQ(activations="per_tensor")
+    sens = layer_sensitivity(model, [x], cfg)
+    assert list(sens) == ["b", "a"]
+    with torch.no_grad():
+        h = model.a(x) * torch.cat([torch.full((1,), 50.0), torch.ones(15)])
+        ref_b = sqnr_db(model.b(h), DynamicQuantLinear(model.b, per_token=False, weight_dtype="uint8")(h))
+    assert abs(sens["b"] - float(ref_b)) < 1e-3
+    with pytest.raises(ConfigError, match="empty"):
+        layer_sensitivity(model, [], cfg)
+
+
+def test_full_range_layers_keep_8bit_weights() -> None:
+    """Exact: with reduce_range, layers matching full_range keep [-127, 127] weights (uint8 storage on
+    CPUs without VNNI, so ORT stays exact), the others get [-63, 63]."""
+    from torchslim.quantization.static import cpu_lacks_vnni
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    q = quantize_dynamic(model, DynamicPTQ(weight_dtype="int8", reduce_range=True, full_range=["0"]))
+    first: Any = q.sim.get_submodule("0")
+    last: Any = q.sim.get_submodule("2")
+    assert first.weight_bits == 8 and last.weight_bits == 7
+    assert first.weight_dtype == ("uint8" if cpu_lacks_vnni() else "int8") and last.weight_dtype == "int8"
+    signed = first.w_t.to(torch.int32) - int(first.w_zp)
+    assert int(signed.abs().max()) == 127 and int(last.w_t.abs().max()) == 63

@@ -11,11 +11,12 @@ Example::
 
 from __future__ import annotations
 
-from torchslim.quantization.dynamic import DynamicPTQ, quantize_dynamic
+from torchslim.quantization.dynamic import DynamicPTQ, layer_sensitivity, quantize_dynamic
 from torchslim.quantization.fold import fold_batchnorm
 from torchslim.quantization.lstm import QLSTMConfig, quantize_lstm_
 from torchslim.quantization.observers import MinMaxObserver, MovingAverageMinMaxObserver, register_calibrator
 from torchslim.quantization.primitives import choose_qparams, dequantize, fake_quantize, qrange, quantize
+from torchslim.quantization.smooth import SmoothQuant, smooth_quant
 from torchslim.quantization.static import Phase, QuantizedModel, StaticPTQ, quantize_static, sqnr_db
 
 __all__ = [
@@ -23,6 +24,9 @@ __all__ = [
     "QLSTMConfig",
     "quantize_dynamic",
     "quantize_lstm_",
+    "layer_sensitivity",
+    "SmoothQuant",
+    "smooth_quant",
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
     "Phase",

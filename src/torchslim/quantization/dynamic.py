@@ -19,6 +19,11 @@ full-range int8 weights make ORT disagree with the simulation. ``weight_dtype="u
 same symmetric weights offset by 128 (zero point 128): ORT then uses its u8 x u8 kernels, which do not
 saturate. ``"auto"`` picks that on CPUs without VNNI.
 
+Per-tensor activations (the fused, fast ORT kernels) lose accuracy on transformers' outlier channels;
+smoothing the model first (:mod:`torchslim.quantization.smooth`) fixes most of it: a smoothed Linear's
+``1 / s`` input scale is kept as one ``Mul`` in front of the quantiser. :func:`layer_sensitivity` ranks
+Linears for ``exclude`` / ``full_range``.
+
 Example::
 
     import torch
@@ -56,6 +61,7 @@ __all__ = [
     "DynamicQuantLinear",
     "DynamicQuantizedModel",
     "DynamicParity",
+    "layer_sensitivity",
     "quantize_dynamic",
 ]
 
@@ -76,6 +82,9 @@ class DynamicPTQ(Config):
         reduce_range: 7-bit weights (``[-63, 63]``); avoids the AVX2 saturation with ``int8`` storage at
             the cost of about 6 dB SQNR. Default ``False``.
         exclude: globs of module paths left in float (e.g. ``"pooler.*"``).
+        full_range: globs of module paths that keep full 8-bit weights (stored ``uint8`` on CPUs without
+            VNNI: exact u8 x u8 kernels) even when ``reduce_range`` / ``int8`` storage applies to the rest: the few
+            most sensitive layers (see :func:`layer_sensitivity`) pay for the slower kernel, not all.
     """
 
     type_name: ClassVar[str] = "dynamic_ptq"
@@ -85,6 +94,7 @@ class DynamicPTQ(Config):
     weight_dtype: Literal["auto", "int8", "uint8"] = "auto"
     reduce_range: bool = False
     exclude: list[str] = []
+    full_range: list[str] = []
 
     def resolved_weight_dtype(self) -> str:
         """``weight_dtype`` with ``"auto"`` resolved for this machine."""
@@ -220,6 +230,7 @@ class DynamicQuantLinear(nn.Module):
     w_scale: Tensor
     colsum: Tensor
     bias: Tensor
+    input_scale: Tensor | None
 
     def __init__(
         self,
@@ -253,6 +264,9 @@ class DynamicQuantLinear(nn.Module):
         self.has_bias = has_bias
         b = linear.bias.detach().to(torch.float32) if linear.bias is not None else torch.zeros(0)
         self.register_buffer("bias", b)
+        # SmoothQuant (smooth.SmoothLinear): the input is multiplied by 1/s before it is quantised
+        scale = getattr(linear, "input_scale", None)
+        self.register_buffer("input_scale", scale if isinstance(scale, Tensor) else None)
 
     def dequantized_weight(self) -> Tensor:
         """The float weight ``[N, K]`` the layer effectively uses."""
@@ -264,6 +278,8 @@ class DynamicQuantLinear(nn.Module):
             raise ValueError(
                 f"DynamicQuantLinear expects last dim {self.in_features}, got shape {tuple(x.shape)}"
             )
+        if self.input_scale is not None:
+            x = x * self.input_scale
         out = _DynQLinearFn.apply(
             x,
             self.w_t,
@@ -284,6 +300,7 @@ class DynamicQuantLinear(nn.Module):
         return (
             f"in={self.in_features}, out={self.out_features}, act=uint8 {acts}, "
             f"weight=int{self.weight_bits} {wts} stored {self.weight_dtype}"
+            + (", smoothed" if self.input_scale is not None else "")
         )
 
 
@@ -452,12 +469,13 @@ def quantize_dynamic(
         ):
             skipped.append(name)
             continue
+        full = any(fnmatch.fnmatch(name, p) for p in config.full_range)
         new = DynamicQuantLinear(
             lin,
             per_token=config.activations == "per_token",
             per_channel=config.weights == "per_channel",
-            weight_dtype=wdtype,
-            weight_bits=bits,
+            weight_dtype="uint8" if full and cpu_lacks_vnni() else wdtype,
+            weight_bits=8 if full else bits,
         )
         parent_name, _, attr = name.rpartition(".")
         parent = sim.get_submodule(parent_name) if parent_name else sim
@@ -472,3 +490,66 @@ def quantize_dynamic(
     return DynamicQuantizedModel(
         sim=sim, float_model=model, config=config, quantized=quantized, skipped=skipped
     )
+
+
+def layer_sensitivity(
+    model: nn.Module, batches: Sequence[Any], config: DynamicPTQ | None = None
+) -> dict[str, float]:
+    """Local SQNR (dB) of each ``nn.Linear``'s output when only that layer is quantised by ``config``.
+
+    One float forward pass per batch; every Linear sees its real float input and is compared with its
+    :class:`DynamicQuantLinear` (same ``config``) on it. Low SQNR = sensitive: candidates for
+    ``config.exclude``. Returned sorted from most to least sensitive.
+
+    Example::
+
+        sens = layer_sensitivity(bert, [(ids, mask)], DynamicPTQ(activations="per_tensor"))
+        worst = next(iter(sens))          # path of the most sensitive Linear
+    """
+    config = config or DynamicPTQ()
+    batches = list(batches)
+    if not batches:
+        raise ConfigError("layer_sensitivity needs at least one batch; got an empty list.")
+    wdtype = config.resolved_weight_dtype()
+    bits = 7 if config.reduce_range else 8
+    err: dict[str, float] = {}
+    sig: dict[str, float] = {}
+    hooks = []
+
+    def hook(name: str, q: DynamicQuantLinear) -> Any:
+        def fn(_m: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
+            ref = out.detach().double()
+            got = q(args[0].detach()).double()
+            err[name] = err.get(name, 0.0) + float((ref - got).pow(2).sum())
+            sig[name] = sig.get(name, 0.0) + float(ref.pow(2).sum())
+
+        return fn
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            q = DynamicQuantLinear(
+                m,
+                per_token=config.activations == "per_token",
+                per_channel=config.weights == "per_channel",
+                weight_dtype=wdtype,
+                weight_bits=bits,
+            )
+            hooks.append(m.register_forward_hook(hook(name, q)))
+    if not hooks:
+        raise ConfigError("layer_sensitivity found no nn.Linear in the model.")
+    try:
+        with torch.no_grad():
+            for b in batches:
+                if isinstance(b, Tensor):
+                    model(b)
+                elif isinstance(b, dict):
+                    model(**b)
+                else:
+                    model(*b)
+    finally:
+        for h in hooks:
+            h.remove()
+    import math
+
+    sqnr = {n: 10.0 * math.log10(max(sig[n], 1e-30) / max(err[n], 1e-30)) for n in err}
+    return dict(sorted(sqnr.items(), key=lambda kv: kv[1]))
