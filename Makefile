@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 # Two setup levels: the demo needs the runtime and data packages; the tests also need the NLP and dev tools.
 DEMO_STAMP := $(VENV)/.torchslim-demo-v1
 FULL_STAMP := $(VENV)/.torchslim-full-v1
+BENCH_STAMP := $(VENV)/.torchslim-bench-v1
 SETUP_DEPS := pyproject.toml constraints.txt scripts/setup.sh
 DEMO_OUT ?= out/demo
 
@@ -21,6 +22,11 @@ $(FULL_STAMP): $(SETUP_DEPS)
 	bash scripts/setup.sh "$(PY)" "$(VENV)" data,nlp,lowrank,search,dev
 	touch $(DEMO_STAMP) $(FULL_STAMP)
 
+# Benchmarks also install the peer tools they compare against (torchao, NNCF, Torch-Pruning).
+$(BENCH_STAMP): $(SETUP_DEPS)
+	bash scripts/setup.sh "$(PY)" "$(VENV)" data,nlp,lowrank,search,dev,peers
+	touch $(DEMO_STAMP) $(FULL_STAMP) $(BENCH_STAMP)
+
 demo: $(DEMO_STAMP)
 	$(BIN)/torchslim compress --model resnet-fmnist --recipe examples/recipes/demo.yaml --report-dir $(DEMO_OUT)
 
@@ -32,10 +38,10 @@ test-slow: setup
 
 BENCHMARKS := ptq_vs_ort mobilenet_ptq minilm_int8 low_bit_weights zeroq qlstm channel_pruning leo distill_cnn minilm_distill
 
-bench: setup  ## every benchmark in its --quick mode (minutes each); `make bench-full` for the full runs
+bench: $(BENCH_STAMP)  ## every benchmark in its --quick mode (minutes each); `make bench-full` for the full runs
 	set -e; for b in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$b --quick; done
 
-bench-full: setup
+bench-full: $(BENCH_STAMP)
 	set -e; for b in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$b; done
 
 lint: setup
