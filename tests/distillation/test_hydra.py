@@ -19,6 +19,7 @@ from torchslim.distillation.methods.hydra import (
     disagreement,
     ensemble_logits,
     hydra_distill,
+    hydra_loss,
     mean_log_probs,
 )
 from torchslim.train import TrainConfig, Trainer, top1_accuracy
@@ -35,6 +36,28 @@ def test_disagreement_matches_manual_mutual_information() -> None:
     assert torch.allclose(mean_log_probs(z).exp(), pm, atol=1e-6)
 
 
+def test_phase2_loss_is_the_mean_per_head_kl_to_its_own_member() -> None:
+    """The paper's phase-2 loss, by hand: mean over heads m of T^2 KL(softmax(t_m/T) || softmax(z_m/T)),
+    plus (1 - alpha) mean CE when alpha < 1; tolerance 1e-5. Swapping two members changes the loss (each head
+    is tied to its own member, not to the ensemble mean)."""
+    g = torch.Generator().manual_seed(0)
+    z, t = torch.randn(3, 4, 6, generator=g), torch.randn(3, 4, 6, generator=g)
+    y = torch.tensor([0, 5, 2, 2])
+    temp = 2.5
+    kl = []
+    for m in range(3):
+        p = torch.softmax(t[m] / temp, -1)
+        kl.append(float((p * (p.log() - torch.log_softmax(z[m] / temp, -1))).sum(-1).mean()) * temp**2)
+    ce = sum(float(F.cross_entropy(z[m], y)) for m in range(3)) / 3
+    assert abs(float(hydra_loss(z, t, temp)) - sum(kl) / 3) < 1e-5
+    assert abs(float(hydra_loss(z, t, temp, 0.3, y)) - (0.3 * sum(kl) / 3 + 0.7 * ce)) < 1e-5
+    assert abs(float(hydra_loss(z, t[[1, 0, 2]], temp)) - sum(kl) / 3) > 1e-3
+    with pytest.raises(ConfigError, match="needs labels"):
+        hydra_loss(z, t, temp, 0.5)
+    with pytest.raises(ConfigError, match=r"head logits \(2, 4, 6\) and member logits \(3, 4, 6\)"):
+        hydra_loss(z[:2], t, temp)
+
+
 def test_heads_are_cloned_and_forward_is_the_head_mixture() -> None:
     m = HydraStudent(nn.Linear(4, 8), nn.Linear(8, 3), num_heads=3)
     x = torch.randn(5, 4)
@@ -42,9 +65,11 @@ def test_heads_are_cloned_and_forward_is_the_head_mixture() -> None:
     assert len(m.heads) == 3
     z = m.head_logits(x)
     assert torch.equal(z[0], z[2])
-    assert m.heads[0].weight.data_ptr() != m.heads[1].weight.data_ptr()
+    h0, h1 = m.heads[0], m.heads[1]
+    assert isinstance(h0, nn.Linear) and isinstance(h1, nn.Linear)
+    assert h0.weight.data_ptr() != h1.weight.data_ptr()
     with torch.no_grad():
-        m.heads[1].weight.add_(1.0)
+        h1.weight.add_(1.0)
     z = m.head_logits(x)
     assert torch.allclose(m(x).exp(), torch.softmax(z, -1).mean(0), atol=1e-6)
     with pytest.raises(ConfigError, match="num_heads=3 but the ensemble has 2"):

@@ -44,6 +44,7 @@ class HydraKD(Config):
     Attributes:
         temperature: KD temperature of both phases.
         alpha: weight of the KD terms; ``1 - alpha`` weighs the cross-entropy of each head with the labels.
+            The paper distils only (``alpha = 1``, the default); labels pull all heads to the same targets.
         phase1: training of body + the single "Hinton head" on the ensemble mean.
         phase2: training of body + the ``M`` cloned heads, head ``m`` on member ``m``.
     """
@@ -125,6 +126,46 @@ def disagreement(logits: torch.Tensor) -> torch.Tensor:
     return (h_mean - mean_h).clamp_min(0)
 
 
+def hydra_loss(
+    head_logits: torch.Tensor,
+    member_logits: torch.Tensor,
+    temperature: float,
+    alpha: float = 1.0,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Phase-2 loss: ``alpha * mean_m T^2 KL(softmax(t_m/T) || softmax(z_m/T)) + (1 - alpha) * mean_m CE(z_m, y)``.
+
+    Head ``m`` matches ensemble member ``m`` (the paper's loss is the ``alpha = 1`` case: pure distillation;
+    a label term pulls every head to the same targets and so works against the heads' diversity).
+
+    Args:
+        head_logits: ``[M, batch, classes]`` from :meth:`HydraStudent.head_logits`.
+        member_logits: ``[M, batch, classes]`` from :func:`ensemble_logits` (same member order).
+        temperature: ``T``.
+        alpha: weight of the KD term; ``labels`` are needed when ``alpha < 1``.
+        labels: ``[batch]`` class indices.
+
+    Example:
+        >>> z = torch.randn(3, 4, 5)
+        >>> float(hydra_loss(z, z, 2.0)) < 1e-6
+        True
+    """
+    if head_logits.shape != member_logits.shape:
+        raise ConfigError(
+            f"hydra_loss: head logits {tuple(head_logits.shape)} and member logits "
+            f"{tuple(member_logits.shape)} differ; build HydraStudent(..., num_heads=len(members)) with heads "
+            "that output the members' classes"
+        )
+    loss = torch.stack([kd_loss(head_logits[i], member_logits[i], temperature) for i in range(len(head_logits))])
+    out = alpha * loss.mean()
+    if alpha < 1:
+        if labels is None:
+            raise ConfigError("hydra_loss: alpha < 1 needs labels; pass (x, y) items or set alpha=1")
+        ce = torch.stack([F.cross_entropy(z, labels) for z in head_logits])
+        out = out + (1 - alpha) * ce.mean()
+    return out
+
+
 def hydra_distill(
     model: HydraStudent,
     members: Sequence[nn.Module],
@@ -178,11 +219,9 @@ def hydra_distill(
         x, y = _split(batch)
         t = ensemble_logits(members, x)
         assert isinstance(m, HydraStudent)
-        zs = m.head_logits(x)
-        loss = torch.stack([kd_loss(zs[i], t[i], temp) for i in range(len(members))]).mean() * alpha
-        if alpha < 1:
-            loss = loss + (1 - alpha) * torch.stack([ce(zs[i], y) for i in range(len(members))]).mean()
-        return loss
+        if alpha < 1 and y is None:
+            ce(t[0], y)  # raises the explicit error
+        return hydra_loss(m.head_logits(x), t, temp, alpha, y)
 
     was = [mm.training for mm in members]
     for mm in members:
