@@ -1,0 +1,850 @@
+"""TwinBERT (Lu, Jiao & Zhang, 2020, arXiv 2002.06275): twin encoders distilled from a cross-encoder.
+
+A cross-encoder reads a (query, document) pair *jointly* and is accurate but must run the whole
+transformer for every pair at serving time. TwinBERT splits it into two towers:
+
+- a **query tower** and a **document tower** (BERT-like encoders; shared or separate weights), each pooled
+  into one embedding by a learned **weighted average** of its token states
+  (``alpha_t = softmax_t(w . h_t + b)`` over the unpadded tokens, ``e = sum_t alpha_t h_t``;
+  :class:`WeightedPooling`; ``"mean"`` and ``"cls"`` pooling are also offered);
+- a **crossing layer** that turns the two embeddings into a relevance logit:
+
+  * ``"cosine"`` (:class:`CosineCrossing`): logistic regression on the cosine similarity,
+    ``logit = w * cos(e_q, e_d) + b``;
+  * ``"residual"`` (:class:`ResidualCrossing`): the element-wise maximum ``x = max(e_q, e_d)`` goes through a
+    residual block ``y = x + F(x)`` (``F``: Linear-ReLU-Linear) and a logistic regression
+    ``logit = v . y + c``.
+
+  The relevance probability is ``sigmoid(logit)``.
+
+Because a document's embedding does not depend on the query, it is computed once
+(:meth:`TwinBERT.encode_documents` -> :class:`DocumentCache`) and every query is then scored against the
+cached embeddings by the query tower and the crossing layer only (:meth:`TwinBERT.score`).
+
+The student is trained on the teacher's scores, not on labels: :func:`twinbert_loss` is the binary
+cross-entropy with the teacher's probability ``sigmoid(t / T)`` as the soft label (``loss="bce"``, the
+paper's choice) or the MSE of logits (``loss="mse"``). :func:`twinbert_distill` scores every training pair
+with the frozen teacher once (cached teacher outputs) and trains the twin through the shared
+:class:`~torchslim.train.Trainer` (checkpoints, exact resume).
+
+The teacher here is :class:`CrossEncoderTeacher`: a BERT encoder (e.g. MiniLM-L6) over the concatenated pair
+``[CLS] q [SEP] d [SEP]``; the token states of each segment (which attended to the other segment) are
+mean-pooled into ``a`` and ``b`` and a small MLP head scores ``[a, b, a*b, |a-b|]``.
+:func:`train_teacher_head` fits that head on labelled pairs (the encoder stays frozen).
+
+Differences from the paper: WordPiece tokens instead of tri-letter hashing; the students are initialised
+from the teacher's layers (``build_student``); the crossing's output layer is initialised by a ridge fit to
+the teacher's logits (``calibrate=True``), because short CPU runs cannot afford to learn its scale.
+
+Example:
+    >>> from torchslim.zoo.minilm import minilm
+    >>> from torchslim.distillation.methods.twinbert import (
+    ...     CrossEncoderTeacher, TwinDistill, build_twinbert, train_teacher_head, twinbert_distill)
+    >>> enc = minilm()                                                               # doctest: +SKIP
+    >>> teacher = CrossEncoderTeacher(enc)                                           # doctest: +SKIP
+    >>> train_teacher_head(teacher, queries, docs, labels)                           # doctest: +SKIP
+    >>> twin = build_twinbert(enc, num_layers=2, crossing="cosine")                  # doctest: +SKIP
+    >>> twinbert_distill(twin, teacher, queries, docs, TwinDistill())                # doctest: +SKIP
+    >>> cache = twin.encode_documents(corpus)              # once, offline           # doctest: +SKIP
+    >>> twin.score(["flu vaccine shortage"], cache).shape  # [1, len(corpus)] logits # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from torchslim.core.config import Config
+from torchslim.core.errors import ConfigError, UnsupportedModelError
+from torchslim.distillation.engine import fit_student
+from torchslim.train.trainer import TrainConfig, Trainer, TrainResult
+
+__all__ = [
+    "CosineCrossing",
+    "CrossEncoderTeacher",
+    "DocumentCache",
+    "ResidualCrossing",
+    "Tower",
+    "TwinBERT",
+    "TwinDistill",
+    "WeightedPooling",
+    "build_twinbert",
+    "calibrate_crossing",
+    "train_teacher_head",
+    "twinbert_distill",
+    "twinbert_loss",
+]
+
+PoolingName = Literal["weighted", "mean", "cls"]
+CrossingName = Literal["cosine", "residual"]
+_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _texts(texts: Sequence[str] | str, who: str) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    out = list(texts)
+    if not all(isinstance(t, str) for t in out):
+        raise ConfigError(f"{who}: expected a list of strings, got items of type {type(out[0]).__name__}")
+    return out
+
+
+def _bert_of(model: nn.Module, who: str) -> Any:
+    inner = getattr(model, "model", None)
+    bert: Any = inner if isinstance(inner, nn.Module) and hasattr(inner, "encoder") else model
+    if not hasattr(bert, "config") or not hasattr(bert, "encoder"):
+        raise UnsupportedModelError(
+            f"{who}: needs a transformers BERT encoder (or a MiniLMEncoder wrapping one), got {type(model).__name__}"
+        )
+    return bert
+
+
+def _last_hidden(bert: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = bert(**inputs)
+    return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+
+# --------------------------------------------------------------------------- pooling and towers
+class WeightedPooling(nn.Module):
+    """TwinBERT's weighted-average pooling: ``alpha_t = softmax_t(w . h_t + b)``, ``e = sum_t alpha_t h_t``.
+
+    Padded tokens (mask 0) get weight 0. ``w`` and ``b`` start at zero, so the initial pooling is the plain
+    mean over the unpadded tokens (the pooling MiniLM was trained with).
+
+    Example:
+        >>> pool = WeightedPooling(4)
+        >>> h = torch.arange(12.0).view(1, 3, 4); mask = torch.tensor([[1, 1, 0]])
+        >>> pool(h, mask).tolist()   # mean of the first two tokens at initialisation
+        [[2.0, 3.0, 4.0, 5.0]]
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+
+    def weights(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The pooling weights ``alpha`` ``[B, T]`` (rows sum to 1 over the unpadded tokens)."""
+        s = self.score(hidden).squeeze(-1)
+        s = s.masked_fill(attention_mask == 0, torch.finfo(s.dtype).min)
+        return torch.softmax(s, dim=-1)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        alpha = self.weights(hidden, attention_mask)
+        return (alpha.unsqueeze(-1) * hidden).sum(dim=1)
+
+
+class Tower(nn.Module):
+    """One TwinBERT encoder: a BERT model, a tokenizer and a pooling -> one embedding per text.
+
+    Args:
+        encoder: a ``MiniLMEncoder`` (e.g. from :func:`~torchslim.distillation.student.build_student`) or a
+            ``transformers`` ``BertModel``.
+        tokenizer: the tokenizer (default: ``encoder.tokenizer``).
+        pooling: ``"weighted"`` (the paper), ``"mean"`` or ``"cls"``.
+        max_length: tokens per text when tokenizing raw text.
+
+    ``forward(input_ids, attention_mask, token_type_ids=None) -> [B, dim]`` (not normalised).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer: Any = None,
+        pooling: PoolingName = "weighted",
+        max_length: int = 64,
+    ) -> None:
+        super().__init__()
+        self.bert = _bert_of(encoder, "Tower")
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(encoder, "tokenizer", None)
+        if pooling not in ("weighted", "mean", "cls"):
+            raise ConfigError(f"Tower: pooling must be 'weighted', 'mean' or 'cls', got {pooling!r}")
+        self.pooling = pooling
+        self.max_length = int(max_length)
+        self.pool = WeightedPooling(self.dim) if pooling == "weighted" else None
+
+    @property
+    def dim(self) -> int:
+        """Embedding width (the encoder's hidden size)."""
+        return int(self.bert.config.hidden_size)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        hidden = _last_hidden(self.bert, inputs)
+        if self.pool is not None:
+            return self.pool(hidden, attention_mask)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Tokenize a batch of texts (padding to the longest, truncating to ``max_length``)."""
+        if self.tokenizer is None:
+            raise ConfigError("Tower: no tokenizer; pass tokenizer= or build the tower from a MiniLMEncoder")
+        enc = self.tokenizer(
+            _texts(texts, "Tower.tokenize"),
+            padding=True,
+            truncation=True,
+            max_length=max_length or self.max_length,
+            return_tensors="pt",
+        )
+        device = next(self.parameters()).device
+        return {k: v.to(device) for k, v in dict(enc).items() if k in _INPUT_KEYS}
+
+    def embed(self, texts: Sequence[str], max_length: int | None = None) -> torch.Tensor:
+        """Embed raw texts (one batch, gradients kept) -> ``[len(texts), dim]``."""
+        return self(**self.tokenize(texts, max_length))
+
+
+# --------------------------------------------------------------------------- crossing layers
+def _check_pair(q: torch.Tensor, d: torch.Tensor, who: str) -> None:
+    if q.shape[-1] != d.shape[-1]:
+        raise ConfigError(
+            f"{who}: the query embedding has {q.shape[-1]} dims but the document embedding has {d.shape[-1]}; "
+            "build both towers with the same hidden_size (or use a shared tower)"
+        )
+
+
+class CosineCrossing(nn.Module):
+    """``logit = w * cos(e_q, e_d) + b`` (logistic regression on the cosine similarity).
+
+    Example:
+        >>> c = CosineCrossing()
+        >>> c(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]])).tolist()   # w=1, b=0: cos = 0.7071
+        [0.7071067690849304]
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = nn.Linear(1, 1)
+        nn.init.ones_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def features(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Input of the output layer for paired rows ``q, d: [B, D]`` -> ``[B, 1]`` (the cosine)."""
+        _check_pair(q, d, "CosineCrossing")
+        return F.cosine_similarity(q, d, dim=-1, eps=1e-8).unsqueeze(-1)
+
+    def forward(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Paired logits ``[B]`` for ``q[i]`` with ``d[i]``."""
+        return self.out(self.features(q, d)).squeeze(-1)
+
+    def all_pairs(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Logits ``[Q, N]`` of every query ``q: [Q, D]`` with every document ``d: [N, D]``."""
+        _check_pair(q, d, "CosineCrossing")
+        qn = q / q.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        dn = d / d.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        cos = qn @ dn.T
+        return cos * self.out.weight[0, 0] + self.out.bias[0]
+
+
+class ResidualCrossing(nn.Module):
+    """``x = max(e_q, e_d)``, ``y = x + W2 relu(W1 x + b1) + b2``, ``logit = v . y + c``.
+
+    ``W2, b2`` start at zero, so at initialisation ``y = x``.
+
+    Args:
+        dim: embedding width ``D``.
+        hidden: width of the residual block's inner layer (default ``D``).
+    """
+
+    def __init__(self, dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        self.dim = int(dim)
+        self.fc1 = nn.Linear(self.dim, int(hidden or dim))
+        self.fc2 = nn.Linear(int(hidden or dim), self.dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+        self.out = nn.Linear(self.dim, 1)
+
+    def _block(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.dim:
+            raise ConfigError(
+                f"ResidualCrossing: built for {self.dim}-dim embeddings, got {x.shape[-1]}-dim ones; "
+                "build it with the towers' hidden_size"
+            )
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+    def features(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Input of the output layer for paired rows ``q, d: [B, D]`` -> ``[B, D]`` (``y``)."""
+        _check_pair(q, d, "ResidualCrossing")
+        return self._block(torch.maximum(q, d))
+
+    def forward(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Paired logits ``[B]`` for ``q[i]`` with ``d[i]``."""
+        return self.out(self.features(q, d)).squeeze(-1)
+
+    def all_pairs(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Logits ``[Q, N]`` of every query ``q: [Q, D]`` with every document ``d: [N, D]``."""
+        _check_pair(q, d, "ResidualCrossing")
+        x = torch.maximum(q[:, None, :], d[None, :, :])
+        return self.out(self._block(x)).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- the twin model and its cache
+@dataclass
+class DocumentCache:
+    """Document embeddings computed once by a :class:`TwinBERT`'s document tower (no grad, float32).
+
+    Attributes:
+        embeddings: ``[N, D]``.
+        ids: one identifier per document (default ``0..N-1``).
+        max_length: tokens per document used when encoding.
+
+    Rebuild the cache after the document tower changes (e.g. after more training). ``cache[i]`` is row i;
+    :meth:`subset` selects rows; :meth:`save`/:meth:`load` round-trip it.
+    """
+
+    embeddings: torch.Tensor
+    ids: list[Any] = field(default_factory=list)
+    max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.embeddings.dim() != 2:
+            raise ConfigError(f"DocumentCache: embeddings must be [N, D], got {tuple(self.embeddings.shape)}")
+        if not self.ids:
+            self.ids = list(range(self.embeddings.shape[0]))
+        if len(self.ids) != self.embeddings.shape[0]:
+            raise ConfigError(
+                f"DocumentCache: {len(self.ids)} ids for {self.embeddings.shape[0]} embeddings; pass one id per document"
+            )
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Embedding width ``D``."""
+        return int(self.embeddings.shape[1])
+
+    def subset(self, index: Sequence[int]) -> DocumentCache:
+        """The cache restricted to rows ``index``."""
+        idx = list(index)
+        return DocumentCache(self.embeddings[idx], [self.ids[i] for i in idx], self.max_length)
+
+    def save(self, path: str | Path) -> None:
+        """Write the cache atomically (``torch.save`` format)."""
+        from torchslim.core.io import atomic_torch_save
+
+        atomic_torch_save(
+            path, {"embeddings": self.embeddings, "ids": self.ids, "max_length": self.max_length}
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> DocumentCache:
+        """Read a cache written by :meth:`save`."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return cls(state["embeddings"], list(state["ids"]), state["max_length"])
+
+
+class TwinBERT(nn.Module):
+    """Query tower + document tower + crossing layer.
+
+    Args:
+        query_tower: a :class:`Tower`.
+        doc_tower: a :class:`Tower`, or ``None`` to share the query tower's weights (the paper's shared option).
+        crossing: ``"cosine"``, ``"residual"`` or a crossing module (with ``forward(q, d) -> [B]``,
+            ``all_pairs(q, d) -> [Q, N]``, ``features(q, d)`` and an ``out`` linear layer).
+        query_max_length / doc_max_length: tokens per query / document when encoding raw text.
+
+    Raises:
+        ConfigError: the towers produce embeddings of different widths (the message names both).
+
+    Example:
+        >>> twin = TwinBERT(Tower(encoder_q), Tower(encoder_d), "residual")              # doctest: +SKIP
+        >>> logits = twin(twin.query_tower.tokenize(qs), twin.doc_tower.tokenize(ds))    # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        query_tower: Tower,
+        doc_tower: Tower | None = None,
+        crossing: CrossingName | nn.Module = "cosine",
+        query_max_length: int = 32,
+        doc_max_length: int = 128,
+    ) -> None:
+        super().__init__()
+        self.query_tower = query_tower
+        self.shared = doc_tower is None or doc_tower is query_tower
+        self._doc_tower = None if self.shared else doc_tower
+        q_dim, d_dim = query_tower.dim, self.doc_tower.dim
+        if q_dim != d_dim:
+            raise ConfigError(
+                f"TwinBERT: the query tower embeds to {q_dim} dims but the document tower to {d_dim}; the crossing "
+                "layer compares the two embeddings, so build both towers with the same hidden_size"
+            )
+        if isinstance(crossing, str):
+            if crossing == "cosine":
+                crossing = CosineCrossing()
+            elif crossing == "residual":
+                crossing = ResidualCrossing(q_dim)
+            else:
+                raise ConfigError(f"TwinBERT: crossing must be 'cosine' or 'residual', got {crossing!r}")
+        self.crossing: Any = crossing
+        self.query_max_length = int(query_max_length)
+        self.doc_max_length = int(doc_max_length)
+
+    @property
+    def doc_tower(self) -> Tower:
+        """The document tower (the query tower itself when weights are shared)."""
+        return self.query_tower if self._doc_tower is None else self._doc_tower
+
+    @property
+    def dim(self) -> int:
+        """Embedding width shared by both towers."""
+        return self.query_tower.dim
+
+    def forward(
+        self, query_inputs: dict[str, torch.Tensor], doc_inputs: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Paired relevance logits ``[B]``: query ``i`` with document ``i`` (tokenized inputs)."""
+        q = self.query_tower(**query_inputs)
+        d = self.doc_tower(**doc_inputs)
+        return self.crossing(q, d)
+
+    def pair_logits(self, queries: Sequence[str], docs: Sequence[str]) -> torch.Tensor:
+        """Paired logits ``[B]`` from raw texts (one batch, gradients kept)."""
+        qs, ds = _texts(queries, "TwinBERT.pair_logits"), _texts(docs, "TwinBERT.pair_logits")
+        if len(qs) != len(ds):
+            raise ConfigError(
+                f"TwinBERT.pair_logits: {len(qs)} queries but {len(ds)} documents; pass equal lists"
+            )
+        return self(
+            self.query_tower.tokenize(qs, self.query_max_length),
+            self.doc_tower.tokenize(ds, self.doc_max_length),
+        )
+
+    @torch.no_grad()
+    def _encode(self, tower: Tower, texts: Sequence[str], max_length: int, batch_size: int) -> torch.Tensor:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = [
+                tower.embed(texts[i : i + batch_size], max_length).float()
+                for i in range(0, len(texts), batch_size)
+            ]
+        finally:
+            self.train(was_training)
+        return torch.cat(chunks) if chunks else torch.empty(0, self.dim)
+
+    def encode_queries(self, queries: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Query embeddings ``[Q, D]`` (eval mode, no grad)."""
+        return self._encode(
+            self.query_tower, _texts(queries, "encode_queries"), self.query_max_length, batch_size
+        )
+
+    def encode_documents(
+        self, docs: Sequence[str], ids: Sequence[Any] | None = None, batch_size: int = 64
+    ) -> DocumentCache:
+        """Run the document tower once over ``docs`` -> a :class:`DocumentCache` to score queries against."""
+        texts = _texts(docs, "encode_documents")
+        emb = self._encode(self.doc_tower, texts, self.doc_max_length, batch_size)
+        return DocumentCache(emb, list(ids) if ids is not None else [], self.doc_max_length)
+
+    @torch.no_grad()
+    def score_embeddings(self, query_emb: torch.Tensor, cache: DocumentCache | torch.Tensor) -> torch.Tensor:
+        """Logits ``[Q, N]`` of query embeddings against cached document embeddings (crossing layer only)."""
+        docs = cache.embeddings if isinstance(cache, DocumentCache) else cache
+        if query_emb.shape[-1] != docs.shape[-1]:
+            raise ConfigError(
+                f"TwinBERT.score: the query tower embeds to {query_emb.shape[-1]} dims but the cached documents have "
+                f"{docs.shape[-1]}; rebuild the cache with this model's encode_documents"
+            )
+        was_training = self.training
+        self.eval()
+        try:
+            return self.crossing.all_pairs(query_emb, docs.to(query_emb.dtype))
+        finally:
+            self.train(was_training)
+
+    def score(self, queries: Sequence[str], cache: DocumentCache, batch_size: int = 64) -> torch.Tensor:
+        """Logits ``[Q, N]`` of every query against every cached document; documents are never re-encoded.
+
+        Only the query tower and the crossing layer run. ``sigmoid`` of a logit is the relevance probability.
+        """
+        if not isinstance(cache, DocumentCache):
+            raise ConfigError(
+                f"TwinBERT.score: cache must be a DocumentCache (from encode_documents), got {type(cache).__name__}"
+            )
+        return self.score_embeddings(self.encode_queries(queries, batch_size), cache)
+
+    def score_texts(self, queries: Sequence[str], docs: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Logits ``[Q, N]`` recomputing the document embeddings (what the cache saves)."""
+        return self.score(queries, self.encode_documents(docs, batch_size=batch_size), batch_size)
+
+
+def build_twinbert(
+    encoder: Any,
+    num_layers: int = 2,
+    shared: bool = True,
+    pooling: PoolingName = "weighted",
+    crossing: CrossingName = "cosine",
+    query_max_length: int = 32,
+    doc_max_length: int = 128,
+    **student_kwargs: Any,
+) -> TwinBERT:
+    """A TwinBERT whose tower(s) are shallower students of ``encoder`` (``build_student``, teacher init).
+
+    Args:
+        encoder: a ``MiniLMEncoder`` (e.g. ``torchslim.zoo.minilm.minilm()``); left unchanged.
+        num_layers: layers per tower.
+        shared: one tower for queries and documents (``True``) or two separately trained copies.
+        pooling / crossing: see :class:`Tower` and :class:`TwinBERT`.
+        student_kwargs: passed on to :func:`~torchslim.distillation.student.build_student` (``init``,
+            ``layers``, ``hidden_size`` ...).
+    """
+    from torchslim.distillation.student import build_student
+
+    def tower(seed: int) -> Tower:
+        kwargs = {"seed": seed, **student_kwargs}
+        student = build_student(encoder, num_layers=num_layers, **kwargs)
+        return Tower(student, pooling=pooling)
+
+    q = tower(0)
+    d = None if shared else tower(1)
+    return TwinBERT(q, d, crossing, query_max_length=query_max_length, doc_max_length=doc_max_length).train()
+
+
+# --------------------------------------------------------------------------- the cross-encoder teacher
+class CrossEncoderTeacher(nn.Module):
+    """A cross-encoder: one BERT pass over ``[CLS] q [SEP] d [SEP]`` and an MLP head -> relevance logit.
+
+    The last hidden states are mean-pooled separately over the query segment (``token_type_ids == 0``) and
+    the document segment (``== 1``) into ``a`` and ``b`` (L2-normalised); because the encoding is joint,
+    each token state has attended to both texts. The head scores ``[a, b, a*b, |a-b|]``.
+
+    Args:
+        encoder: a ``MiniLMEncoder`` or ``BertModel``; its tokenizer must accept text pairs.
+        hidden: width of the head's hidden layer.
+        max_length: tokens per (query, document) pair; the document is truncated first.
+        tokenizer: default ``encoder.tokenizer``.
+    """
+
+    def __init__(
+        self, encoder: nn.Module, hidden: int = 256, max_length: int = 160, tokenizer: Any = None
+    ) -> None:
+        super().__init__()
+        self.bert = _bert_of(encoder, "CrossEncoderTeacher")
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(encoder, "tokenizer", None)
+        dim = int(self.bert.config.hidden_size)
+        self.head = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.max_length = int(max_length)
+
+    def tokenize_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenize (query, document) pairs jointly, with segment ids."""
+        if self.tokenizer is None:
+            raise ConfigError("CrossEncoderTeacher: no tokenizer; pass tokenizer= or a MiniLMEncoder")
+        qs, ds = _texts(queries, "CrossEncoderTeacher"), _texts(docs, "CrossEncoderTeacher")
+        if len(qs) != len(ds):
+            raise ConfigError(
+                f"CrossEncoderTeacher: {len(qs)} queries but {len(ds)} documents; pass equal lists"
+            )
+        enc = dict(
+            self.tokenizer(
+                qs,
+                ds,
+                padding=True,
+                truncation="only_second",
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+        )
+        if "token_type_ids" not in enc:
+            raise ConfigError("CrossEncoderTeacher: the tokenizer returned no token_type_ids for text pairs")
+        device = next(self.parameters()).device
+        return {k: v.to(device) for k, v in enc.items() if k in _INPUT_KEYS}
+
+    def features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Head input ``[B, 4D]`` from one joint pass."""
+        hidden = _last_hidden(
+            self.bert,
+            {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
+        )
+        valid = attention_mask.to(hidden.dtype)
+        seg_b = token_type_ids.to(hidden.dtype) * valid
+        seg_a = (1 - token_type_ids.to(hidden.dtype)) * valid
+
+        def pool(m: torch.Tensor) -> torch.Tensor:
+            e = (hidden * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1e-9)
+            return F.normalize(e, dim=-1)
+
+        a, b = pool(seg_a), pool(seg_b)
+        return torch.cat([a, b, a * b, (a - b).abs()], dim=-1)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Relevance logits ``[B]`` of tokenized pairs."""
+        return self.head(self.features(input_ids, attention_mask, token_type_ids)).squeeze(-1)
+
+    @torch.no_grad()
+    def pair_features(
+        self, queries: Sequence[str], docs: Sequence[str], batch_size: int = 32
+    ) -> torch.Tensor:
+        """Head inputs ``[N, 4D]`` of raw pairs (eval mode, no grad)."""
+        qs, ds = _texts(queries, "CrossEncoderTeacher"), _texts(docs, "CrossEncoderTeacher")
+        was_training = self.training
+        self.eval()
+        try:
+            out = [
+                self.features(**self.tokenize_pairs(qs[i : i + batch_size], ds[i : i + batch_size]))
+                for i in range(0, len(qs), batch_size)
+            ]
+        finally:
+            self.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, 4 * int(self.bert.config.hidden_size))
+
+    @torch.no_grad()
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """Relevance logits ``[N]`` of raw pairs, ``batch_size`` pairs per encoder pass."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.head(self.pair_features(queries, docs, batch_size)).squeeze(-1)
+        finally:
+            self.train(was_training)
+
+
+def train_teacher_head(
+    teacher: CrossEncoderTeacher,
+    queries: Sequence[str] | None,
+    docs: Sequence[str] | None,
+    labels: Sequence[float] | torch.Tensor,
+    train: TrainConfig | None = None,
+    features: torch.Tensor | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> TrainResult:
+    """Fit the teacher's head on labelled pairs (binary cross-entropy); the encoder stays frozen.
+
+    The pair features are computed once (or passed as ``features``, e.g. from
+    :meth:`CrossEncoderTeacher.pair_features`) and the head is trained on them by the shared Trainer.
+
+    Args:
+        labels: 1 = relevant, 0 = not (floats in [0, 1] allowed).
+        train: default: AdamW, lr 1e-3, 30 epochs of batch 64.
+    """
+    y = torch.as_tensor(labels, dtype=torch.float32).flatten()
+    if features is None:
+        if queries is None or docs is None:
+            raise ConfigError("train_teacher_head: pass queries and docs, or precomputed features=")
+        features = teacher.pair_features(queries, docs, batch_size)
+    if features.shape[0] != y.shape[0]:
+        raise ConfigError(f"train_teacher_head: {features.shape[0]} pairs but {y.shape[0]} labels")
+    if bool(((y < 0) | (y > 1)).any()):
+        raise ConfigError("train_teacher_head: labels must lie in [0, 1] (1 = relevant)")
+    cfg = train or TrainConfig(epochs=30, batch_size=64, lr=1e-3, optimizer="adamw", weight_decay=0.01)
+
+    def step_fn(head: nn.Module, batch: Any) -> torch.Tensor:
+        x, t = batch
+        return F.binary_cross_entropy_with_logits(head(x).squeeze(-1), t)
+
+    return Trainer(teacher.head, cfg, step_fn=step_fn, progress=progress).fit(TensorDataset(features, y))
+
+
+# --------------------------------------------------------------------------- distillation
+def twinbert_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    loss: Literal["bce", "mse"] = "bce",
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Distillation loss of the twin's logits against the teacher's (teacher side detached).
+
+    - ``"bce"``: ``mean_i -[p_i log sigmoid(s_i/T) + (1 - p_i) log(1 - sigmoid(s_i/T))]`` with the soft label
+      ``p_i = sigmoid(t_i / T)`` (cross-entropy on the teacher's scores, as in the paper);
+    - ``"mse"``: ``mean_i (s_i - t_i)^2`` on logits.
+
+    Example:
+        >>> round(float(twinbert_loss(torch.tensor([0.0]), torch.tensor([0.0]))), 4)   # log 2
+        0.6931
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ConfigError(
+            f"twinbert_loss: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ; both must hold one score per (query, document) pair"
+        )
+    if temperature <= 0:
+        raise ConfigError(f"twinbert_loss: temperature must be > 0, got {temperature}")
+    t = teacher_logits.detach().to(student_logits.dtype)
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(
+            student_logits / temperature, torch.sigmoid(t / temperature)
+        )
+    if loss == "mse":
+        return F.mse_loss(student_logits, t)
+    raise ConfigError(f"twinbert_loss: loss must be 'bce' or 'mse', got {loss!r}")
+
+
+@torch.no_grad()
+def calibrate_crossing(
+    model: TwinBERT,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    teacher_logits: torch.Tensor,
+    ridge: float = 0.1,
+    batch_size: int = 64,
+) -> None:
+    """Set the crossing's output layer to the ridge regression of ``teacher_logits`` on its input features.
+
+    For the cosine crossing this fits ``w, b`` of ``w * cos + b``; for the residual crossing the final
+    ``v, c``. The penalty is ``ridge * trace(X^T X) / D`` on the weights (not the bias).
+    """
+    out = getattr(model.crossing, "out", None)
+    if not isinstance(out, nn.Linear) or not hasattr(model.crossing, "features"):
+        raise ConfigError("calibrate_crossing: the crossing has no 'features' method and 'out' linear layer")
+    was_training = model.training
+    model.eval()
+    try:
+        feats = []
+        for i in range(0, len(queries), batch_size):
+            q = model.query_tower.embed(queries[i : i + batch_size], model.query_max_length)
+            d = model.doc_tower.embed(docs[i : i + batch_size], model.doc_max_length)
+            feats.append(model.crossing.features(q, d).double())
+    finally:
+        model.train(was_training)
+    x = torch.cat(feats)
+    t = teacher_logits.detach().double().flatten()
+    if x.shape[0] != t.shape[0]:
+        raise ConfigError(f"calibrate_crossing: {x.shape[0]} pairs but {t.shape[0]} teacher logits")
+    mean_x, mean_t = x.mean(0), t.mean()
+    xc, tc = x - mean_x, t - mean_t
+    gram = xc.T @ xc
+    lam = ridge * float(torch.diagonal(gram).sum()) / x.shape[1] + 1e-12
+    w = torch.linalg.solve(gram + lam * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ tc)
+    out.weight.copy_(w.to(out.weight.dtype).view(1, -1))
+    out.bias.fill_(float(mean_t - mean_x @ w))
+
+
+class TwinDistill(Config):
+    """TwinBERT distillation settings.
+
+    Attributes:
+        loss: ``"bce"`` (cross-entropy on the teacher's soft scores, the paper) or ``"mse"`` (logit MSE).
+        temperature: divides both logits in the ``"bce"`` loss.
+        calibrate: initialise the crossing's output layer by :func:`calibrate_crossing` on up to
+            ``calibrate_pairs`` training pairs before training.
+        calibrate_pairs: pairs used for that fit.
+        teacher_batch_size: pairs per teacher pass when scoring the training pairs.
+        train: the twin's training configuration.
+    """
+
+    type_name: ClassVar[str] = "twinbert_distill"
+
+    loss: Literal["bce", "mse"] = "bce"
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    calibrate: bool = True
+    calibrate_pairs: Annotated[int, Field(ge=2)] = 256
+    teacher_batch_size: Annotated[int, Field(ge=1)] = 32
+    train: TrainConfig = TrainConfig(
+        epochs=1,
+        batch_size=32,
+        lr=2e-4,
+        optimizer="adamw",
+        weight_decay=0.01,
+        schedule="onecycle",
+        grad_clip=1.0,
+    )
+
+
+class _Pairs(Dataset[tuple[str, str, torch.Tensor]]):
+    def __init__(self, queries: list[str], docs: list[str], logits: torch.Tensor) -> None:
+        self.queries, self.docs, self.logits = queries, docs, logits
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def __getitem__(self, i: int) -> tuple[str, str, torch.Tensor]:
+        return self.queries[i], self.docs[i], self.logits[i]
+
+
+def twinbert_distill(
+    student: TwinBERT,
+    teacher: nn.Module | None,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    config: TwinDistill | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: Iterable[object] = (),
+) -> TrainResult:
+    """Train the twin ``student`` (in place) to reproduce the teacher's relevance logits on (query, doc) pairs.
+
+    Args:
+        student: a :class:`TwinBERT`.
+        teacher: a :class:`CrossEncoderTeacher` (anything with ``score_pairs(queries, docs, batch_size)``);
+            frozen. May be ``None`` when ``teacher_logits`` are given.
+        queries, docs: the training pairs (query ``i`` with document ``i``); no labels needed.
+        config: a :class:`TwinDistill`.
+        teacher_logits: precomputed teacher logits ``[N]`` (otherwise the teacher scores every pair once).
+        checkpoint_dir / resume / progress / callbacks: as for :class:`~torchslim.train.Trainer`.
+
+    Raises:
+        ConfigError: lists of different lengths, no pairs, no teacher and no logits, or a wrong config type.
+    """
+    config = TwinDistill() if config is None else config
+    if not isinstance(config, TwinDistill):
+        raise ConfigError(f"twinbert_distill: config must be a TwinDistill, got {type(config).__name__}")
+    if not isinstance(student, TwinBERT):
+        raise ConfigError(f"twinbert_distill: student must be a TwinBERT, got {type(student).__name__}")
+    qs, ds = _texts(queries, "twinbert_distill"), _texts(docs, "twinbert_distill")
+    if len(qs) != len(ds) or not qs:
+        raise ConfigError(
+            f"twinbert_distill: needs as many queries as documents, and at least one pair; got {len(qs)} and {len(ds)}"
+        )
+    if teacher_logits is None:
+        score = getattr(teacher, "score_pairs", None)
+        if score is None:
+            raise ConfigError("twinbert_distill: pass a teacher with score_pairs(...) or teacher_logits=")
+        teacher_logits = score(qs, ds, config.teacher_batch_size)
+    t = torch.as_tensor(teacher_logits, dtype=torch.float32).detach().flatten().cpu()
+    if t.shape[0] != len(qs):
+        raise ConfigError(f"twinbert_distill: {t.shape[0]} teacher logits for {len(qs)} pairs")
+    if config.calibrate:  # a resumed run then loads the trained weights over it
+        n = min(config.calibrate_pairs, len(qs))
+        calibrate_crossing(student, qs[:n], ds[:n], t[:n])
+    loss_name, temp = config.loss, config.temperature
+    q_len, d_len = student.query_max_length, student.doc_max_length
+
+    def step_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        bq, bd, bt = batch
+        twin: Any = getattr(model, "module", model)  # DistributedDataParallel wraps it
+        q_in = twin.query_tower.tokenize(list(bq), q_len)
+        d_in = twin.doc_tower.tokenize(list(bd), d_len)
+        s = model(q_in, d_in)
+        return twinbert_loss(s, bt.to(s.device), loss_name, temp)
+
+    return fit_student(
+        student,
+        teacher if isinstance(teacher, nn.Module) else nn.Identity(),
+        _Pairs(qs, ds, t),
+        config.train,
+        step_fn,
+        callbacks=callbacks,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+    )

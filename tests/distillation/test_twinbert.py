@@ -1,0 +1,287 @@
+"""TwinBERT mechanics (arXiv 2002.06275) on tiny random BERTs with a word-hash tokenizer (no download)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertModel
+
+from torchslim.core.errors import ConfigError
+from torchslim.distillation.methods.twinbert import (
+    CosineCrossing,
+    CrossEncoderTeacher,
+    DocumentCache,
+    ResidualCrossing,
+    Tower,
+    TwinBERT,
+    TwinDistill,
+    WeightedPooling,
+    calibrate_crossing,
+    train_teacher_head,
+    twinbert_distill,
+    twinbert_loss,
+)
+from torchslim.train.trainer import TrainConfig
+
+VOCAB = 60
+
+
+def tiny_bert(hidden: int = 16, layers: int = 1, seed: int = 0) -> BertModel:
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return BertModel(cfg, add_pooling_layer=False).eval()
+
+
+class WordTokenizer:
+    """A stand-in for a HF tokenizer: words hashed to ids 3.., [CLS]=1, [SEP]=2; pairs get segment ids."""
+
+    @staticmethod
+    def _ids(text: str) -> list[int]:
+        return [3 + (sum(map(ord, w)) % (VOCAB - 3)) for w in text.split()]
+
+    def __call__(
+        self,
+        texts: list[str],
+        text_pair: list[str] | None = None,
+        padding: bool = True,
+        truncation: Any = True,
+        max_length: int = 16,
+        return_tensors: str = "pt",
+    ) -> dict[str, torch.Tensor]:
+        rows, types = [], []
+        for i, t in enumerate(texts):
+            a = [1, *self._ids(t), 2]
+            b = [*self._ids(text_pair[i]), 2] if text_pair is not None else []
+            row = (a + b)[:max_length]
+            rows.append(row)
+            types.append(([0] * len(a) + [1] * len(b))[:max_length])
+        n = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), n, dtype=torch.long)
+        mask = torch.zeros(len(rows), n, dtype=torch.long)
+        tt = torch.zeros(len(rows), n, dtype=torch.long)
+        for i, (r, ty) in enumerate(zip(rows, types, strict=True)):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+            tt[i, : len(r)] = torch.tensor(ty)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
+
+
+TOK = WordTokenizer()
+QUERIES = ["flu vaccine", "stock market falls", "new rover lands on mars", "election results"]
+DOCS = [
+    "the flu vaccine is in short supply this winter",
+    "shares dropped sharply as the market fell",
+    "nasa rover touched down on the red planet",
+    "votes were counted and the winner declared",
+    "a recipe for lemon cake with icing",
+]
+
+
+def twin(crossing: str = "cosine", shared: bool = False) -> TwinBERT:
+    q = Tower(tiny_bert(seed=0), TOK, pooling="weighted")
+    d = None if shared else Tower(tiny_bert(seed=1), TOK, pooling="weighted")
+    model = TwinBERT(q, d, crossing, query_max_length=16, doc_max_length=16)  # type: ignore[arg-type]
+    if isinstance(model.crossing, ResidualCrossing):  # a non-trivial residual block (fc2 starts at zero)
+        torch.manual_seed(3)
+        torch.nn.init.normal_(model.crossing.fc2.weight, std=0.3)
+    return model.eval()
+
+
+def test_weighted_pooling_matches_hand_softmax() -> None:
+    # metric: max abs difference to alpha = softmax(w.h + b) over unpadded tokens; tolerance 1e-6
+    torch.manual_seed(0)
+    pool = WeightedPooling(4)
+    torch.nn.init.normal_(pool.score.weight)
+    torch.nn.init.normal_(pool.score.bias)
+    h = torch.randn(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    pool.requires_grad_(False)
+    out = pool(h, mask)
+    for b in range(2):
+        n = int(mask[b].sum())
+        s = [float(pool.score.weight[0] @ h[b, t] + pool.score.bias[0]) for t in range(n)]
+        z = sum(math.exp(v) for v in s)
+        ref = torch.stack([math.exp(s[t]) / z * h[b, t] for t in range(n)]).sum(0)
+        assert torch.allclose(out[b], ref, atol=1e-6)
+    # at initialisation (w = b = 0) it is the masked mean: exact to 1e-6
+    assert torch.allclose(WeightedPooling(4)(h, mask)[0], h[0, :2].mean(0), atol=1e-6)
+
+
+def test_cosine_score_is_logistic_regression_on_cosine() -> None:
+    # metric: |score - (w * cos(e_q, e_d) + b)| from the two tower outputs; tolerance 1e-5
+    model = twin("cosine")
+    with torch.no_grad():
+        model.crossing.out.weight.fill_(3.0)
+        model.crossing.out.bias.fill_(-0.5)
+        q_in, d_in = model.query_tower.tokenize(QUERIES), model.doc_tower.tokenize(DOCS[:4])
+        eq, ed = model.query_tower(**q_in), model.doc_tower(**d_in)
+        got = model(q_in, d_in)
+    for i in range(4):
+        cos = float(eq[i] @ ed[i]) / (float(eq[i].norm()) * float(ed[i].norm()))
+        assert abs(float(got[i]) - (3.0 * cos - 0.5)) < 1e-5
+
+
+def test_residual_score_is_documented_function() -> None:
+    # metric: |score - (v . (x + W2 relu(W1 x + b1) + b2) + c)|, x = max(e_q, e_d); tolerance 1e-5
+    model = twin("residual")
+    c = model.crossing
+    with torch.no_grad():
+        q_in, d_in = model.query_tower.tokenize(QUERIES), model.doc_tower.tokenize(DOCS[:4])
+        eq, ed = model.query_tower(**q_in), model.doc_tower(**d_in)
+        got = model(q_in, d_in)
+        for i in range(4):
+            x = torch.tensor([max(float(a), float(b)) for a, b in zip(eq[i], ed[i], strict=True)])
+            y = x + c.fc2.weight @ torch.relu(c.fc1.weight @ x + c.fc1.bias) + c.fc2.bias
+            ref = float(c.out.weight[0] @ y + c.out.bias[0])
+            assert abs(float(got[i]) - ref) < 1e-5
+
+
+@pytest.mark.parametrize("crossing", ["cosine", "residual"])
+def test_cache_scores_equal_recomputing_and_never_reencode(crossing: str) -> None:
+    # metric: cached scores vs recomputed document embeddings: exact (torch.equal); vs the paired forward
+    # path (different batching) max abs diff <= 1e-5
+    model = twin(crossing)
+    cache = model.encode_documents(DOCS, batch_size=2)
+    calls = {"doc": 0}
+    hook = model.doc_tower.register_forward_hook(lambda *_: calls.__setitem__("doc", calls["doc"] + 1))
+    try:
+        cached = model.score(QUERIES, cache)
+    finally:
+        hook.remove()
+    assert calls["doc"] == 0  # the document tower did not run
+    assert cached.shape == (len(QUERIES), len(DOCS))
+    assert torch.equal(cached, model.score_texts(QUERIES, DOCS, batch_size=2))
+    with torch.no_grad():
+        for qi, q in enumerate(QUERIES):
+            paired = model.pair_logits([q] * len(DOCS), DOCS)
+            assert torch.allclose(cached[qi], paired, atol=1e-5)
+    # the cache does not depend on the queries: scoring one query alone gives its row (the query batch's
+    # padding differs, so max abs diff <= 1e-5)
+    assert torch.allclose(model.score(QUERIES[1:2], cache)[0], cached[1], atol=1e-5)
+
+
+def test_cache_save_load_and_subset(tmp_path: Any) -> None:
+    # metric: exact equality of embeddings and ids after a save/load round trip
+    model = twin("cosine")
+    cache = model.encode_documents(DOCS, ids=list("abcde"))
+    cache.save(tmp_path / "docs.pt")
+    back = DocumentCache.load(tmp_path / "docs.pt")
+    assert torch.equal(back.embeddings, cache.embeddings) and back.ids == list("abcde")
+    sub = cache.subset([4, 0])
+    assert sub.ids == ["e", "a"] and torch.equal(sub.embeddings[1], cache.embeddings[0])
+
+
+def test_shared_tower_is_one_module() -> None:
+    model = twin("cosine", shared=True)
+    assert model.doc_tower is model.query_tower and model.shared
+    n_shared = sum(p.numel() for p in model.parameters())
+    n_sep = sum(p.numel() for p in twin("cosine", shared=False).parameters())
+    tower = sum(p.numel() for p in model.query_tower.parameters())
+    assert n_sep - n_shared == tower  # separate towers hold one more tower's weights
+
+
+def test_mismatched_tower_widths_fail_naming_both() -> None:
+    q = Tower(tiny_bert(hidden=16), TOK)
+    d = Tower(tiny_bert(hidden=8), TOK)
+    with pytest.raises(ConfigError, match=r"query tower embeds to 16 dims but the document tower to 8"):
+        TwinBERT(q, d)
+    with pytest.raises(ConfigError, match=r"query embedding has 16 dims but the document embedding has 8"):
+        CosineCrossing()(torch.ones(2, 16), torch.ones(2, 8))
+    model = twin("cosine")
+    bad = DocumentCache(torch.ones(3, 8))
+    with pytest.raises(ConfigError, match=r"query tower embeds to 16 dims but the cached documents have 8"):
+        model.score(QUERIES, bad)
+
+
+def test_distillation_loss_equals_hand_computation() -> None:
+    # metric: |loss - hand formula|; tolerance 1e-6
+    s = torch.tensor([0.5, -1.0, 2.0])
+    t = torch.tensor([1.5, -0.5, 0.0])
+    for temp in (1.0, 2.0):
+        ref = 0.0
+        for si, ti in zip(s.tolist(), t.tolist(), strict=True):
+            p = 1 / (1 + math.exp(-ti / temp))
+            q = 1 / (1 + math.exp(-si / temp))
+            ref += -(p * math.log(q) + (1 - p) * math.log(1 - q))
+        assert abs(float(twinbert_loss(s, t, "bce", temp)) - ref / 3) < 1e-6
+    mse = sum((a - b) ** 2 for a, b in zip(s.tolist(), t.tolist(), strict=True)) / 3
+    assert abs(float(twinbert_loss(s, t, "mse")) - mse) < 1e-6
+    # minimised where the student matches the teacher: gradient zero there (tolerance 1e-7)
+    x = t.clone().requires_grad_(True)
+    twinbert_loss(x, t, "bce").backward()
+    assert x.grad is not None and float(x.grad.abs().max()) < 1e-7
+    with pytest.raises(ConfigError, match=r"student logits \(3,\) and teacher logits \(2,\)"):
+        twinbert_loss(s, t[:2])
+
+
+def test_calibration_is_least_squares_fit_for_cosine() -> None:
+    # metric: fitted (w, b) vs numpy-free closed form of simple regression (ridge 0); tolerance 1e-4
+    model = twin("cosine")
+    with torch.no_grad():
+        cos = F.cosine_similarity(
+            model.query_tower.embed(QUERIES), model.doc_tower.embed(DOCS[:4]), dim=-1
+        ).double()
+    target = 2.0 * cos - 1.0 + torch.tensor([0.01, -0.02, 0.03, 0.0], dtype=torch.float64)
+    calibrate_crossing(model, QUERIES, DOCS[:4], target, ridge=0.0)
+    cx, ct = cos - cos.mean(), target - target.mean()
+    w = float((cx * ct).sum() / (cx * cx).sum())
+    b = float(target.mean() - w * cos.mean())
+    got_w, got_b = float(model.crossing.out.weight.detach()), float(model.crossing.out.bias.detach())
+    assert abs(got_w - w) < 1e-4 and abs(got_b - b) < 1e-4
+
+
+def test_distill_moves_student_towards_teacher_scores() -> None:
+    # metric: mean BCE vs teacher soft labels before/after 40 steps; must drop by >= 20%
+    torch.manual_seed(0)
+    teacher = CrossEncoderTeacher(tiny_bert(seed=5), hidden=16, max_length=32, tokenizer=TOK)
+    qs = [QUERIES[i % 4] for i in range(20)]
+    ds = [DOCS[(i * 3) % 5] for i in range(20)]
+    labels = [float(i % 4 == (i * 3) % 5) for i in range(20)]
+    train_teacher_head(
+        teacher, qs, ds, labels, TrainConfig(epochs=20, batch_size=10, lr=1e-2, optimizer="adamw")
+    )
+    t_logits = teacher.score_pairs(qs, ds)
+    model = twin("cosine").train()
+    cfg = TwinDistill(
+        calibrate=False,
+        train=TrainConfig(epochs=8, batch_size=5, lr=3e-3, optimizer="adamw", schedule="constant", seed=0),
+    )
+
+    def current() -> float:
+        with torch.no_grad():
+            model.eval()
+            return float(twinbert_loss(model.pair_logits(qs, ds), t_logits))
+
+    before = current()
+    result = twinbert_distill(model, teacher, qs, ds, cfg, progress=False)
+    after = current()
+    assert result.steps == 32
+    assert after < 0.8 * before, (before, after)
+
+
+def test_teacher_is_a_joint_encoder_and_inputs_are_checked() -> None:
+    # the teacher's score of (q, d) depends on d through the joint pass; bad inputs fail clearly
+    teacher = CrossEncoderTeacher(tiny_bert(seed=5), hidden=8, max_length=32, tokenizer=TOK)
+    a = teacher.score_pairs(QUERIES[:2], DOCS[:2])
+    b = teacher.score_pairs(QUERIES[:2], DOCS[2:4])
+    assert a.shape == (2,) and not torch.allclose(a, b)
+    with pytest.raises(ConfigError, match="2 queries but 3 documents"):
+        teacher.score_pairs(QUERIES[:2], DOCS[:3])
+    with pytest.raises(ConfigError, match="labels must lie in"):
+        train_teacher_head(teacher, QUERIES[:2], DOCS[:2], [0.0, 2.0])
+    with pytest.raises(ConfigError, match="as many queries as documents"):
+        twinbert_distill(twin(), teacher, QUERIES, DOCS, progress=False)
