@@ -144,11 +144,6 @@ def _build_module(kind: str, args: dict[str, Any], like: nn.Module | None) -> nn
         raise CheckpointError(f"cannot rebuild a {kind} from structure.json args {args}: {e}") from e
 
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
-
 
 # --------------------------------------------------------------------------- spec
 def _spec_of(model: nn.Module) -> dict[str, Any] | None:
@@ -374,7 +369,7 @@ def load_checkpoint(directory: str | os.PathLike[str], model: nn.Module | None =
         cur = module_args(old)
         if cur is not None and cur == (rec["type"], rec["args"]):
             continue
-        _set_submodule(model, name, _build_module(rec["type"], rec["args"], old))
+        model.set_submodule(name, _build_module(rec["type"], rec["args"], old))
 
     aliases = structure.get("aliases", {}) or {}
     state = dict(tensors)

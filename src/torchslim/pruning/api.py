@@ -242,13 +242,8 @@ def prune_(
                         idx = (keep[:, None] * m.expand + torch.arange(m.expand)[None, :]).reshape(-1)
                     mod = model.get_submodule(m.path)
                     new = m.handler.prune_in(mod, idx) if m.role == "in" else m.handler.prune_out(mod, idx)
-                    _set_submodule(model, m.path, new)
+                    model.set_submodule(m.path, new)
             result.groups.append(GroupInfo(g.name, g.channels, len(keep), tuple(str(m) for m in g.members)))
     result.params_after = count_params(model)
     return result
 
-
-def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, name, new)

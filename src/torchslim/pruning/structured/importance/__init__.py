@@ -82,6 +82,7 @@ _LAZY: dict[str, tuple[str, str, bool]] = {
     "taylor": ("torchslim.pruning.structured.importance.taylor", "taylor_scores", True),
     "hrank": ("torchslim.pruning.structured.importance.hrank", "hrank_scores", True),
     "activation_density": ("torchslim.pruning.adp", "density_scores", True),
+    "feature_relevance": ("torchslim.pruning.gradual", "frs_scores", True),
 }
 _REGISTERED: dict[str, Criterion] = {}
 
