@@ -1,7 +1,7 @@
 """Distillation methods beyond Hinton logit KD, each trained through :class:`torchslim.train.Trainer`.
 
 * :mod:`~torchslim.distillation.methods.residual`: Residual KD (Gao et al. 2020): student + assistant that
-  learns the residual between teacher and student features.
+  learns the residual between teacher and student features; ``carve`` derives both from one given student.
 * :mod:`~torchslim.distillation.methods.hydra`: Hydra (Tran et al. 2020): a shared body with M heads
   distilled from an ensemble; head disagreement as an uncertainty score.
 * :mod:`~torchslim.distillation.methods.regression`: KD for regression (Takamoto et al. 2020): teacher

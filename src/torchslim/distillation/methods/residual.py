@@ -12,14 +12,31 @@ Per step (``F_S = S(x)``, ``F_A = A(x)``, ``z = head(F_S + F_A)``, teacher logit
 
 With ``assistant=None`` this is a single student with feature + logit KD (the paper's baseline).
 
+Carving (:func:`carve`): given ONE student body (the budget), ``carve(body, ratio, example_inputs)`` returns
+``(S, A)``: two physically narrower copies of it (every prunable channel group scaled by one width factor per
+copy, through :func:`torchslim.pruning.prune_`), the widths chosen as the widest for which
+``MACs(S) <= ratio * MACs(body)`` and ``MACs(A) <= (1 - ratio) * MACs(body)`` (measured with
+:func:`torchslim.core.cost.profile`), so ``MACs(S) + MACs(A) <= MACs(body)``. The feature shape (the body's
+output channels) is kept, so ``S`` and ``A`` both produce the teacher-shaped feature.
+
 Example:
-    >>> model = ResidualStudent(student_body, assistant_body, nn.Linear(128, 10))  # doctest: +SKIP
-    >>> residual_distill(model, teacher, train_set, ResidualKD(teacher_layer="fc", teacher_mode="input"))  # doctest: +SKIP
+    >>> import torch
+    >>> from torch import nn
+    >>> body = nn.Sequential(nn.Linear(64, 10), nn.ReLU(), nn.Linear(10, 64))   # 1,280 MACs per example
+    >>> s, a = carve(body, 0.7, (torch.randn(1, 64),))
+    >>> s[0].out_features, a[0].out_features                                   # 896 + 384 = 1,280 MACs
+    (7, 3)
+    >>> model = ResidualStudent(s, a, nn.Linear(64, 10))
+    >>> model(torch.randn(2, 64)).shape
+    torch.Size([2, 10])
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -188,3 +205,257 @@ def residual_distill(
             return trainer.fit(data, resume=resume)
     finally:
         taps.remove()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Carving S and A out of one given student body
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CarvePlan:
+    """Widths and MACs chosen by :func:`carve_plan` (MACs per call on ``example_inputs``).
+
+    Attributes:
+        ratio: the student's share of the budget (the assistant gets ``1 - ratio``).
+        macs_given, macs_student, macs_assistant: MACs of the given body, of ``S`` and of ``A``.
+        scale_student, scale_assistant: the width factor applied to every prunable channel group
+            (``floor(scale * C)`` channels kept, at least 1).
+        widths_given, widths_student, widths_assistant: channels per prunable group (group name -> count).
+    """
+
+    ratio: float
+    macs_given: int
+    macs_student: int
+    macs_assistant: int
+    scale_student: float
+    scale_assistant: float
+    widths_given: dict[str, int]
+    widths_student: dict[str, int]
+    widths_assistant: dict[str, int]
+
+    @property
+    def macs_total(self) -> int:
+        """``MACs(S) + MACs(A)`` (never above ``macs_given``)."""
+        return self.macs_student + self.macs_assistant
+
+    @property
+    def budget_used(self) -> float:
+        """``(MACs(S) + MACs(A)) / MACs(given)``, at most 1."""
+        return self.macs_total / max(self.macs_given, 1)
+
+
+def _widths_at(channels: dict[str, int], scale: float) -> dict[str, int]:
+    return {name: max(1, min(c, math.floor(scale * c + 1e-9))) for name, c in channels.items()}
+
+
+class _Slicer:
+    """Channel groups and their ranking, computed once on the given model; ``narrow`` slices a copy."""
+
+    def __init__(self, model: nn.Module, example_inputs: tuple[Any, ...], importance: str) -> None:
+        from torchslim.pruning.structured.dependency import build_groups
+        from torchslim.pruning.structured.importance import ScoreContext, get_criterion
+
+        try:
+            criterion = get_criterion(importance)
+        except KeyError as e:
+            raise ConfigError(f"carve: {e.args[0] if e.args else e}") from None
+        if criterion.needs_data:
+            raise ConfigError(
+                f"carve: importance={importance!r} needs calibration data; use a data-free criterion "
+                "('l1', 'l2', 'bn_scale', 'random')"
+            )
+        self.model = model
+        groups = build_groups(model, example_inputs)
+        self.groups = [g for g in groups if g.prunable]
+        #: why the non-prunable groups are left intact (for the error message)
+        self.reasons = sorted({g.fixed or ("blocked" if g.blocked else "no producer") for g in groups})
+        ctx = ScoreContext(generator=torch.Generator().manual_seed(0))
+        self.scores = criterion(model, self.groups, ctx) if self.groups else []
+        self.channels = {g.name: g.channels for g in self.groups}
+
+    def narrow(self, widths: dict[str, int]) -> nn.Module:
+        from torchslim.pruning.importance import top_channels
+
+        m = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for g, score in zip(self.groups, self.scores, strict=True):
+                k = widths[g.name]
+                if k >= g.channels:
+                    continue
+                keep = top_channels(score, k)
+                for mem in g.members:
+                    idx = keep
+                    if mem.expand != 1:
+                        idx = (keep[:, None] * mem.expand + torch.arange(mem.expand)[None, :]).reshape(-1)
+                    old = m.get_submodule(mem.path)
+                    new = mem.handler.prune_in(old, idx) if mem.role == "in" else mem.handler.prune_out(old, idx)
+                    parent_path, _, leaf = mem.path.rpartition(".")
+                    setattr(m.get_submodule(parent_path) if parent_path else m, leaf, new)
+        return m
+
+
+def _macs(model: nn.Module, example_inputs: tuple[Any, ...]) -> int:
+    from torchslim.core.cost import profile
+
+    was = model.training
+    model.eval()
+    try:
+        return int(profile(model, example_inputs).macs)
+    finally:
+        model.train(was)
+
+
+def _widest_within(
+    slicer: _Slicer, target: float, example_inputs: tuple[Any, ...], role: str
+) -> tuple[float, nn.Module, int]:
+    """Largest width factor ``q`` whose narrowed copy costs ``<= target`` MACs.
+
+    The widths only change at ``q = k / C`` (group of ``C`` channels), so a binary search over those
+    breakpoints (MACs grow with ``q``) finds the exact optimum of this one-factor family in
+    ``log2(sum C)`` evaluations."""
+    channels = slicer.channels
+    qs = sorted({k / c for c in channels.values() for k in range(1, c + 1)})
+    lo_q = qs[0]
+    lo = slicer.narrow(_widths_at(channels, lo_q))
+    lo_macs = _macs(lo, example_inputs)
+    if lo_macs > target:
+        raise ConfigError(
+            f"carve: even one channel per group gives the {role} {lo_macs:,} MACs, above its budget "
+            f"{target:,.0f} MACs; the layers whose channels are fixed (model input / output) cost too much "
+            "for this split. Move the ratio towards 0.5 or give a wider model"
+        )
+    i, j = 0, len(qs)  # qs[i] fits, qs[j] (if any) does not
+    while j - i > 1:
+        mid = (i + j) // 2
+        cand = slicer.narrow(_widths_at(channels, qs[mid]))
+        cand_macs = _macs(cand, example_inputs)
+        if cand_macs <= target:
+            i, lo, lo_macs = mid, cand, cand_macs
+        else:
+            j = mid
+    return qs[i], lo, lo_macs
+
+
+def _reset(model: nn.Module) -> None:
+    for mod in model.modules():
+        reset = getattr(mod, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.reset_running_stats()
+
+
+def _carve(
+    model: nn.Module,
+    ratio: float,
+    example_inputs: tuple[Any, ...],
+    importance: str,
+) -> tuple[CarvePlan, nn.Module, nn.Module]:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"carve: model must be an nn.Module (the student body), got {type(model).__name__}")
+    if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
+        raise ConfigError(
+            f"carve: ratio is the student's share of the MACs budget and must be in (0, 1), got {ratio!r} "
+            "(the paper's split is 0.7: S gets 70%, A 30%)"
+        )
+    if not isinstance(example_inputs, tuple):
+        raise ConfigError(
+            f"carve: example_inputs must be a tuple, got {type(example_inputs).__name__}; wrap as (x,)"
+        )
+    slicer = _Slicer(model, example_inputs, importance)
+    channels = slicer.channels
+    if not channels:
+        reasons = slicer.reasons or ["no layer with channels"]
+        raise ConfigError(
+            f"carve: {type(model).__name__} has no channel group that can be narrowed ({', '.join(reasons)}); "
+            "carving needs hidden layers between the input and the output feature"
+        )
+    budget = _macs(model, example_inputs)
+    q_s, s, macs_s = _widest_within(slicer, ratio * budget, example_inputs, "student")
+    q_a, a, macs_a = _widest_within(slicer, (1 - ratio) * budget, example_inputs, "assistant")
+    plan = CarvePlan(
+        ratio=float(ratio),
+        macs_given=budget,
+        macs_student=macs_s,
+        macs_assistant=macs_a,
+        scale_student=q_s,
+        scale_assistant=q_a,
+        widths_given=dict(channels),
+        widths_student=_widths_at(channels, q_s),
+        widths_assistant=_widths_at(channels, q_a),
+    )
+    return plan, s, a
+
+
+def carve_plan(
+    model: nn.Module,
+    ratio: float,
+    example_inputs: tuple[Any, ...],
+    importance: str = "l1",
+) -> CarvePlan:
+    """Widths and MACs :func:`carve` would give, without returning the modules.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> body = nn.Sequential(nn.Linear(64, 10), nn.ReLU(), nn.Linear(10, 64))
+        >>> p = carve_plan(body, 0.7, (torch.randn(1, 64),))
+        >>> p.macs_given, p.macs_student, p.macs_assistant
+        (1280, 896, 384)
+    """
+    return _carve(model, ratio, example_inputs, importance)[0]
+
+
+def carve(
+    model: nn.Module,
+    ratio: float,
+    example_inputs: tuple[Any, ...],
+    *,
+    reset: bool = True,
+    importance: str = "l1",
+) -> tuple[nn.Module, nn.Module]:
+    """Carve a student ``S`` and an assistant ``A`` out of one given student body at equal total MACs.
+
+    Every prunable channel group of ``model`` (found by the pruning dependency analysis: conv -> BN ->
+    consumer, residual adds, flatten -> Linear) is narrowed by one width factor for ``S`` and another for
+    ``A``; each factor is the largest (binary search over the factors ``k / C`` where a width changes) whose
+    copy costs at most ``ratio * MACs(model)`` (``S``) or ``(1 - ratio) * MACs(model)`` (``A``), measured by
+    :func:`torchslim.core.cost.profile` on ``example_inputs``. Hence ``MACs(S) + MACs(A) <= MACs(model)``;
+    rounding channels down leaves a few per cent of the budget unused (see :func:`carve_plan`). Inputs and
+    the output feature keep their size, so ``S`` and ``A`` map the same input to a feature of the model's
+    output shape, as :class:`ResidualStudent` needs. Because a layer between two narrowed groups costs
+    ``width_in * width_out``, the width factors are about ``sqrt(ratio)`` and ``sqrt(1 - ratio)`` (they sum
+    to more than 1); splitting each layer's channels disjointly between ``S`` and ``A`` would leave
+    ``1 - ratio**2 - (1 - ratio)**2`` of the budget (42% at 0.7) unused.
+
+    Args:
+        model: the given student body (input -> teacher-shaped feature); FX-traceable. Not modified.
+        ratio: the student's share of the budget, in (0, 1) (the paper's split: 0.7).
+        example_inputs: tuple of example inputs, e.g. ``(torch.randn(1, 1, 8, 8),)``; MACs are per this call.
+        reset: re-initialise all parameters (and BatchNorm statistics) of ``S`` and ``A`` (train from scratch).
+            ``False`` keeps the weights of the channels ranked highest by ``importance`` in ``model`` (the
+            same top channels for both copies).
+        importance: channel ranking criterion used when slicing (see :class:`torchslim.pruning.ChannelPrune`).
+
+    Returns:
+        ``(S, A)``: two new modules.
+
+    Raises:
+        ConfigError: ``ratio`` not in (0, 1), ``example_inputs`` not a tuple, ``model`` has no channel group
+            that can be narrowed, or a share is too small even at one channel per group.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        ...                      nn.Conv2d(16, 32, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        >>> s, a = carve(body, 0.7, (torch.randn(1, 1, 8, 8),))
+        >>> s(torch.randn(2, 1, 8, 8)).shape == a(torch.randn(2, 1, 8, 8)).shape == torch.Size([2, 32])
+        True
+    """
+    _, s, a = _carve(model, ratio, example_inputs, importance)
+    if reset:
+        _reset(s)
+        _reset(a)
+    return s, a
