@@ -401,3 +401,16 @@ def test_tensor_from_untracked_source_blocks_its_group() -> None:
     assert model.conv.out_channels == 8  # pruning would break the add with the (1, 8, 6, 6) constant
     assert any(op == "_ones_batch" and "untracked" in why for _, op, why in r.skipped), r.skipped
     assert model(x).shape == (1, 2, 6, 6)
+
+
+def test_explicit_keep_indices_are_exactly_the_kept_channels() -> None:
+    """keep={group: indices} keeps exactly those channels (sorted), whatever the ratio and criterion say.
+    Metric: the pruned conv's weights equal the original rows at those indices (exact)."""
+    m = nn.Sequential(nn.Conv2d(1, 6, 1), nn.ReLU(), nn.Conv2d(6, 2, 1))
+    w = m[0].weight.detach().clone()
+    prune_(m, ChannelPrune(ratio=0.5), (torch.randn(1, 1, 3, 3),), keep={"0": torch.tensor([4, 1])})
+    assert m[0].out_channels == 2 and m[2].in_channels == 2
+    assert torch.equal(m[0].weight, w[[1, 4]])
+    with pytest.raises(PruneError, match="twice"):
+        prune_(nn.Sequential(nn.Conv2d(1, 6, 1), nn.ReLU(), nn.Conv2d(6, 2, 1)), ChannelPrune(ratio=0.0),
+               (torch.randn(1, 1, 3, 3),), keep={"0": [1, 1]})

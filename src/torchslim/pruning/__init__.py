@@ -7,18 +7,24 @@ from __future__ import annotations
 
 from torchslim.pruning.adp import ADPConfig, adp_train
 from torchslim.pruning.api import ChannelPrune, GroupInfo, PruneError, PruneResult, count_params, prune_
+from torchslim.pruning.dcp import DCPConfig, dcp_prune_
 from torchslim.pruning.dsc import DSCConfig, dsc_train
 from torchslim.pruning.knapsack import KnapsackPrune, knapsack_prune_
+from torchslim.pruning.npn import NPNConfig, npn_prune_
 from torchslim.pruning.structured.transformer import FFNPrune, HeadPrune, prune_ffn_, prune_heads_
 
 __all__ = [
     "ADPConfig",
     "ChannelPrune",
+    "DCPConfig",
     "DSCConfig",
     "KnapsackPrune",
+    "NPNConfig",
     "adp_train",
+    "dcp_prune_",
     "dsc_train",
     "knapsack_prune_",
+    "npn_prune_",
     "FFNPrune",
     "GroupInfo",
     "HeadPrune",

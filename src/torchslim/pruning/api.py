@@ -131,6 +131,7 @@ def prune_(
     data: Iterable[Any] | torch.Tensor | None = None,
     widths: dict[str, int] | None = None,
     loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    keep: dict[str, Any] | None = None,
 ) -> PruneResult:
     """Physically remove channels from ``model`` in place, keeping coupled layers aligned.
 
@@ -148,11 +149,13 @@ def prune_(
         widths: channels to keep per group name (``GroupInfo.name``, e.g. from
             :func:`torchslim.pruning.latency.choose_widths`); overrides ``ratio`` for those groups.
         loss_fn: ``loss_fn(model, batch) -> loss`` for ``"taylor"`` (default: cross-entropy on ``(x, y)``).
+        keep: explicit channel indices to keep per group name (e.g. chosen by DCP or NPN); those groups keep
+            exactly these channels, whatever ``ratio``, ``widths`` and the criterion say.
 
     Raises:
         ConfigError: ``config`` is not a ChannelPrune.
         PruneError: an include/exclude pattern matches no module, a group would keep fewer than
-            ``min_channels``, ``widths`` names an unknown group or an invalid count, or the criterion
+            ``min_channels``, ``widths`` / ``keep`` name an unknown group or an invalid count / index, or the criterion
             needs ``data`` that was not given (nothing is modified in any of these cases).
         CaptureError: the model cannot be traced with FX.
     """
@@ -188,6 +191,7 @@ def prune_(
                 raise PruneError(f"widths: {name!r} is not a prunable group; prunable groups: {sorted(known)}")
             if not 1 <= int(w) <= known[name].channels:
                 raise PruneError(f"widths[{name!r}] = {w} must be in [1, {known[name].channels}]")
+    kept = _check_keep(keep, {g.name: g.channels for g in groups if g.prunable}) if keep else {}
     result = PruneResult(model=model, params_before=count_params(model))
 
     plan = []
@@ -212,8 +216,12 @@ def prune_(
         if config.exclude and any(_matches(p, config.exclude) for p in member_paths):
             result.untouched.append((g.name, "matched by exclude"))
             continue
-        k = n_keep(g.channels, config.ratio, config.round_to) if not widths or g.name not in widths \
-            else int(widths[g.name])
+        if g.name in kept:
+            k = len(kept[g.name])
+        elif widths and g.name in widths:
+            k = int(widths[g.name])
+        else:
+            k = n_keep(g.channels, config.ratio, config.round_to)
         if k < config.min_channels and k < g.channels:
             too_small.append(f"{g.name} ({g.channels} -> {k})")
         plan.append((g, k))
@@ -225,25 +233,45 @@ def prune_(
 
     # Decide every group's kept indices from the original weights, then slice.
     gen = torch.Generator().manual_seed(config.seed)
-    to_score = [g for g, k in plan if k < g.channels]
+    to_score = [g for g, k in plan if k < g.channels and g.name not in kept]
     ctx = ScoreContext(data=as_batches(data), generator=gen, loss_fn=loss_fn)
     scores = dict(zip([g.name for g in to_score], criterion(model, to_score, ctx), strict=True)) if to_score else {}
     decisions = []
     for g, k in plan:
-        keep = torch.arange(g.channels) if k >= g.channels else top_channels(scores[g.name], k)
-        decisions.append((g, keep))
+        if g.name in kept:
+            idx = kept[g.name]
+        else:
+            idx = torch.arange(g.channels) if k >= g.channels else top_channels(scores[g.name], k)
+        decisions.append((g, idx))
 
     with torch.no_grad():
-        for g, keep in decisions:
-            if len(keep) < g.channels:
+        for g, chosen in decisions:
+            if len(chosen) < g.channels:
                 for m in g.members:
-                    idx = keep
+                    idx = chosen
                     if m.expand != 1:
-                        idx = (keep[:, None] * m.expand + torch.arange(m.expand)[None, :]).reshape(-1)
+                        idx = (chosen[:, None] * m.expand + torch.arange(m.expand)[None, :]).reshape(-1)
                     mod = model.get_submodule(m.path)
                     new = m.handler.prune_in(mod, idx) if m.role == "in" else m.handler.prune_out(mod, idx)
                     model.set_submodule(m.path, new)
-            result.groups.append(GroupInfo(g.name, g.channels, len(keep), tuple(str(m) for m in g.members)))
+            result.groups.append(GroupInfo(g.name, g.channels, len(chosen), tuple(str(m) for m in g.members)))
     result.params_after = count_params(model)
     return result
 
+
+
+def _check_keep(keep: dict[str, Any], sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Validate explicit kept indices per group: known prunable group, non-empty, unique, in range (sorted)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, idx in keep.items():
+        if name not in sizes:
+            raise PruneError(f"keep: {name!r} is not a prunable group; prunable groups: {sorted(sizes)}")
+        t = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if t.numel() == 0:
+            raise PruneError(f"keep[{name!r}] is empty: a group must keep at least one channel")
+        if len(set(t.tolist())) != t.numel():
+            raise PruneError(f"keep[{name!r}] lists a channel twice: {t.tolist()}")
+        if int(t.min()) < 0 or int(t.max()) >= sizes[name]:
+            raise PruneError(f"keep[{name!r}]: indices {t.tolist()} out of range for a group of {sizes[name]} channels")
+        out[name] = torch.sort(t).values
+    return out

@@ -1,0 +1,239 @@
+"""DCP (discrimination-aware channel pruning) and NPN (network pruning network) on digits.
+
+Run: ``python -m benchmarks.pruning_dcp_npn [--quick] [--threads N]``
+
+Data: scikit-learn's 8x8 digits, the fixed 1,397 / 400 split of ``benchmarks.pruning_methods``. The target
+is the digits CNN of that benchmark (32-64-64 channels, conv-BN-ReLU x3, pool, Linear) trained with
+cross-entropy. Every accuracy is test top-1, mean over fine-tuning seeds; every pruned model gets the SAME
+fine-tuning (epochs, LR, cosine schedule, data); only the seed changes.
+
+Part 1, DCP (PAPERS #28), 50% of the channels of every layer (widths 16/32/32):
+
+* ``dcp``: auxiliary-loss fine-tuning for ``aux_epochs``, then greedy selection by the gradient norm of
+  (reconstruction MSE + auxiliary CE), weights of the kept channels re-optimised;
+* ``recon_only``: the same greedy selection and re-optimisation with the auxiliary term off (ThiNet-like);
+* ``l1``: L1-norm filter pruning (``ChannelPrune(ratio=0.5, importance="l1")``);
+* ``dcp_adaptive``: DCP with the adaptive stopping rule instead of a fixed width (its own MACs).
+
+To give every method the same training compute, ``recon_only`` and ``l1`` prune the target after
+``aux_epochs`` more epochs of plain cross-entropy training (DCP spends them on the auxiliary fine-tuning).
+
+Part 2, NPN (PAPERS #32): a sweep of the gate-sparsity weight lambda. For each lambda: pruner training on
+the frozen target, one-shot removal of the filters whose mean gate < 0.5, fine-tuning; and uniform L1
+pruning at matched MACs (the largest uniform ratio at or below NPN's MACs, by bisection) with the same
+fine-tuning. Reported: MACs vs accuracy (monotone?), NPN - L1 at matched MACs, learned per-layer ratios.
+The sweep is run twice: with the plain (uniform) gate penalty, and with each gate weighted by the MACs its
+filter costs (``NPNConfig(penalty="macs")``, an extension that is not in the paper).
+
+MACs only (no latency). Writes ``benchmarks/results/pruning_dcp_npn.json`` (``..._quick.json`` with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from benchmarks.pruning_methods import cnn, digits_split
+
+RESULTS = Path(__file__).resolve().parent / "results" / "pruning_dcp_npn.json"
+
+
+def _mean(xs: list[float]) -> float:
+    return float(statistics.mean(xs))
+
+
+def finetune_accs(m: nn.Module, train: TensorDataset, test: TensorDataset, seeds: list[int], ft: Any,
+                  ) -> list[float]:
+    """Test accuracy after fine-tuning a copy of ``m`` once per seed with the same schedule ``ft``."""
+    from torchslim.bench.accuracy import top1
+    from torchslim.train import Trainer
+
+    accs = []
+    for s in seeds:
+        mm = copy.deepcopy(m)
+        Trainer(mm, ft.model_copy(update={"seed": s}), progress=False).fit(train)
+        accs.append(top1(mm.eval(), test))
+    return accs
+
+
+def uniform_l1_at(parent: nn.Module, budget: int, x1: torch.Tensor) -> tuple[nn.Module, float]:
+    """Uniform L1 pruning (same ratio in every group) with the smallest ratio whose MACs are <= ``budget``."""
+    from torchslim.core.cost import profile
+    from torchslim.pruning import ChannelPrune, prune_
+
+    lo, hi = 0.0, 0.97
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        m = copy.deepcopy(parent)
+        prune_(m, ChannelPrune(ratio=mid, importance="l1"), (x1,))
+        if profile(m, (x1,)).macs <= budget:
+            hi = mid
+        else:
+            lo = mid
+    m = copy.deepcopy(parent)
+    prune_(m, ChannelPrune(ratio=hi, importance="l1"), (x1,))
+    return m, hi
+
+
+def _widths(m: nn.Module) -> list[int]:
+    return [int(getattr(m.get_submodule(str(i)), "out_channels")) for i in (0, 3, 6)]  # noqa: B009
+
+
+def part_dcp(base: nn.Module, train: TensorDataset, test: TensorDataset, seeds: list[int], aux_epochs: int,
+             ft: Any) -> dict[str, Any]:
+    from torchslim.bench.accuracy import top1
+    from torchslim.core.cost import profile
+    from torchslim.pruning import ChannelPrune, prune_
+    from torchslim.pruning.dcp import DCPConfig, dcp_prune_
+    from torchslim.train import TrainConfig, Trainer
+
+    x1 = train.tensors[0][:1]
+    extra = TrainConfig(epochs=aux_epochs, batch_size=64, lr=0.01, schedule="cosine", seed=0)
+    base_plus = copy.deepcopy(base)
+    Trainer(base_plus, extra, progress=False).fit(train)
+    base_plus.eval()
+    pruned: dict[str, tuple[nn.Module, float, Any]] = {}
+    t = time.time()
+    m = copy.deepcopy(base)
+    r = dcp_prune_(m, DCPConfig(ratio=0.5, aux_weight=1.0, aux_train=extra), train, (x1,))
+    pruned["dcp"] = (m, time.time() - t, r)
+    t = time.time()
+    m = copy.deepcopy(base_plus)
+    r = dcp_prune_(m, DCPConfig(ratio=0.5, aux_weight=0.0), train, (x1,))
+    pruned["recon_only"] = (m, time.time() - t, r)
+    t = time.time()
+    m = copy.deepcopy(base_plus)
+    prune_(m, ChannelPrune(ratio=0.5, importance="l1"), (x1,))
+    pruned["l1"] = (m, time.time() - t, None)
+    t = time.time()
+    m = copy.deepcopy(base)
+    r = dcp_prune_(m, DCPConfig(ratio=0.0, stop="adaptive", tol=0.002, aux_weight=1.0, aux_train=extra),
+                   train, (x1,))
+    pruned["dcp_adaptive"] = (m, time.time() - t, r)
+    out: dict[str, Any] = {"base_plus_acc": top1(base_plus, test), "rows": {}}
+    for name, (m, secs, r) in pruned.items():
+        m.eval()
+        accs = finetune_accs(m, train, test, seeds, ft)
+        row: dict[str, Any] = {"macs": profile(m, (x1,)).macs, "widths": _widths(m),
+                               "acc_before_ft": top1(m, test), "acc_ft": _mean(accs), "acc_ft_seeds": accs,
+                               "select_s": secs}
+        if r is not None:
+            row["stopped"] = {g: sel.stopped for g, (_, sel) in r.layers.items()}
+            row["loss_curve_first_layer"] = [round(v, 5) for v in next(iter(r.layers.values()))[1].losses]
+        out["rows"][name] = row
+    return out
+
+
+def part_npn(base: nn.Module, train: TensorDataset, test: TensorDataset, seeds: list[int], lambdas: list[float],
+             ft: Any, npn_epochs: int, penalty: Literal["uniform", "macs"] = "uniform") -> dict[str, Any]:
+    from torchslim.bench.accuracy import top1
+    from torchslim.core.cost import profile
+    from torchslim.pruning.npn import NPNConfig, npn_prune_
+    from torchslim.train import TrainConfig
+
+    x1 = train.tensors[0][:1]
+    rows: list[dict[str, Any]] = []
+    for lam in lambdas:
+        m = copy.deepcopy(base)
+        t = time.time()
+        cfg = NPNConfig(sparsity=lam, penalty=penalty, train=TrainConfig(epochs=npn_epochs, batch_size=64, lr=0.01, optimizer="adamw",
+                                                        weight_decay=0.0, schedule="cosine", seed=0))
+        r = npn_prune_(m, cfg, train, (x1,))
+        secs = time.time() - t
+        m.eval()
+        macs = profile(m, (x1,)).macs
+        acc = finetune_accs(m, train, test, seeds, ft)
+        l1, ratio = uniform_l1_at(base, macs, x1)
+        l1_macs = profile(l1, (x1,)).macs
+        l1_acc = finetune_accs(l1.eval(), train, test, seeds, ft)
+        rows.append({
+            "lambda": lam, "macs": macs, "widths": _widths(m), "ratios_kept": {k: round(v, 4) for k, v in r.ratios.items()},
+            "acc_before_ft": top1(m, test), "acc_ft": _mean(acc), "acc_ft_seeds": acc, "train_s": secs,
+            "l1_uniform_ratio": ratio, "l1_macs": l1_macs, "l1_widths": _widths(l1), "l1_acc_ft": _mean(l1_acc),
+            "l1_acc_ft_seeds": l1_acc,
+        })
+    macs_seq = [int(r["macs"]) for r in rows]
+    acc_seq = [float(r["acc_ft"]) for r in rows]
+    return {
+        "rows": rows,
+        "macs_monotone": all(a >= b for a, b in zip(macs_seq, macs_seq[1:], strict=False)),
+        "acc_monotone": all(a >= b for a, b in zip(acc_seq, acc_seq[1:], strict=False)),
+        "npn_minus_l1": [float(r["acc_ft"]) - float(r["l1_acc_ft"]) for r in rows],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer seeds, epochs and lambdas (< 4 min at 1 thread)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from torchslim.bench.accuracy import top1
+    from torchslim.core.cost import profile
+    from torchslim.core.io import atomic_write_json
+    from torchslim.train import TrainConfig, Trainer
+
+    t0 = time.time()
+    train, test = digits_split()
+    seeds = [0, 1] if args.quick else [0, 1, 2]
+    epochs = 10 if args.quick else 20
+    ft = TrainConfig(epochs=3 if args.quick else 5, batch_size=64, lr=0.01, schedule="cosine")
+    lambdas = [0.05, 0.1, 0.2, 0.4] if args.quick else [0.025, 0.05, 0.1, 0.2, 0.4, 0.8]
+    lambdas_macs = [0.1, 0.2, 0.4, 0.8] if args.quick else [0.1, 0.2, 0.4, 0.8, 1.6]
+    torch.manual_seed(0)
+    base = cnn((32, 64, 64))
+    Trainer(base, TrainConfig(epochs=epochs, batch_size=64, lr=0.05, seed=0), progress=False).fit(train)
+    base.eval()
+    x1 = train.tensors[0][:1]
+    out: dict[str, Any] = {"quick": args.quick, "threads": args.threads, "seeds": seeds,
+                           "base_acc": top1(base, test), "base_macs": profile(base, (x1,)).macs,
+                           "ft_epochs": ft.epochs, "train_epochs": epochs}
+    t = time.time()
+    out["dcp"] = part_dcp(base, train, test, seeds, aux_epochs=2, ft=ft)
+    out["dcp"]["wall_s"] = time.time() - t
+    print(f"dcp done ({out['dcp']['wall_s']:.0f} s)", flush=True)
+    sweeps: list[tuple[str, Literal["uniform", "macs"], list[float]]] = [
+        ("npn", "uniform", lambdas), ("npn_macs", "macs", lambdas_macs)]
+    for key, pen, lams in sweeps:
+        t = time.time()
+        out[key] = part_npn(base, train, test, seeds, lams, ft, npn_epochs=3, penalty=pen)
+        out[key]["wall_s"] = time.time() - t
+        print(f"{key} done ({out[key]['wall_s']:.0f} s)", flush=True)
+    out["wall_seconds"] = time.time() - t0
+    if args.out == RESULTS and args.quick:
+        args.out = RESULTS.with_name("pruning_dcp_npn_quick.json")
+    atomic_write_json(args.out, out)
+
+    print(f"\ndigits CNN 32-64-64: {out['base_acc']:.4f} top-1, {out['base_macs']:,} MACs; "
+          f"fine-tuning {ft.epochs} epochs x {len(seeds)} seeds")
+    d = out["dcp"]
+    print(f"\nDCP at 50% channels (recon_only / l1 prune the target + 2 CE epochs: {d['base_plus_acc']:.4f})")
+    print(f"{'method':<14}{'widths':>14}{'MACs':>10}{'no FT':>8}{'FT':>8}  seeds")
+    for name, r in d["rows"].items():
+        print(f"{name:<14}{str(r['widths']):>14}{r['macs']:>10,}{r['acc_before_ft']:>8.4f}{r['acc_ft']:>8.4f}  "
+              f"{[round(a, 4) for a in r['acc_ft_seeds']]}")
+    for key, title in (("npn", "uniform gate penalty"), ("npn_macs", "MACs-weighted gate penalty (extension)")):
+        n = out[key]
+        print(f"\nNPN lambda sweep, {title}, vs uniform L1 at matched MACs (widths = learned per-layer counts)")
+        print(f"{'lambda':>7}{'widths':>14}{'MACs':>10}{'no FT':>8}{'NPN FT':>8}{'L1 widths':>14}{'L1 MACs':>10}"
+              f"{'L1 FT':>8}")
+        for r in n["rows"]:
+            print(f"{r['lambda']:>7}{str(r['widths']):>14}{r['macs']:>10,}{r['acc_before_ft']:>8.4f}"
+                  f"{r['acc_ft']:>8.4f}{str(r['l1_widths']):>14}{r['l1_macs']:>10,}{r['l1_acc_ft']:>8.4f}")
+        print(f"MACs monotone in lambda: {n['macs_monotone']}; accuracy monotone: {n['acc_monotone']}; "
+              f"NPN - L1: {[round(v, 4) for v in n['npn_minus_l1']]}")
+    print(f"wall {out['wall_seconds']:.0f} s -> {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
