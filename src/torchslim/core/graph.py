@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -315,3 +315,32 @@ def _format_failure(model: nn.Module, failures: list[tuple[str, BaseException, s
         + "."
     )
     return "\n".join(lines)
+
+
+def run_with_hooks(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...],
+    hooks: Iterable[tuple[nn.Module, Callable[..., Any]]],
+) -> None:
+    """One eval-mode, no-grad forward pass of ``model`` with forward ``hooks`` (``(module, hook)`` pairs) attached.
+
+    The hooks are removed and the model's train/eval mode restored afterwards, also when the forward pass (or a
+    hook) raises. Use it to record shapes, call order or activations without editing the model.
+
+    Example:
+        >>> seen = []
+        >>> m = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+        >>> run_with_hooks(m, (torch.zeros(1, 2),), [(m[0], lambda mod, args, out: seen.append(tuple(out.shape)))])
+        >>> seen
+        [(1, 3)]
+    """
+    handles = [mod.register_forward_hook(fn) for mod, fn in hooks]
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()

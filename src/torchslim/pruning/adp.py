@@ -46,6 +46,7 @@ from torch.utils.data import Dataset
 from torchslim.core.config import Config
 from torchslim.core.cost import profile
 from torchslim.core.errors import ConfigError
+from torchslim.core.graph import run_with_hooks
 from torchslim.pruning.api import ChannelPrune, prune_
 from torchslim.train import TrainConfig, Trainer
 
@@ -94,22 +95,14 @@ def relu_groups(model: nn.Module, example_inputs: tuple[Any, ...]) -> dict[str, 
         for m in [*g.producers, *g.passthrough]:
             member_of[m.path] = g
     order: list[tuple[str, nn.Module, torch.Tensor | None]] = []
-    handles = []
+    hooks = []
     for path, mod in model.named_modules():
         if path and not list(mod.children()):
             def hook(mod_: nn.Module, args: Any, out: Any, path_: str = path) -> None:
                 order.append((path_, mod_, out if isinstance(out, torch.Tensor) else None))
 
-            handles.append(mod.register_forward_hook(hook))
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
+            hooks.append((mod, hook))
+    run_with_hooks(model, example_inputs, hooks)
     out: dict[str, list[str]] = {}
     last: Any = None
     for path, mod, y in order:

@@ -48,6 +48,7 @@ from torch.utils.data import Dataset
 
 from torchslim.core.config import Config
 from torchslim.core.errors import ConfigError
+from torchslim.core.graph import run_with_hooks
 from torchslim.train import TrainConfig, Trainer
 
 __all__ = [
@@ -235,7 +236,7 @@ def drop_layers_(model: nn.Module, paths: Sequence[str], example_inputs: tuple[A
             dropped without changing its neighbours).
     """
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    handles = []
+    hooks = []
     for p in paths:
         try:
             mod = model.get_submodule(p)
@@ -245,16 +246,8 @@ def drop_layers_(model: nn.Module, paths: Sequence[str], example_inputs: tuple[A
         def hook(m: nn.Module, args: Any, y: Any, p_: str = p) -> None:
             shapes[p_] = (tuple(args[0].shape), tuple(y.shape))
 
-        handles.append(mod.register_forward_hook(hook))
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
+        hooks.append((mod, hook))
+    run_with_hooks(model, example_inputs, hooks)
     for p in paths:
         if p not in shapes or shapes[p][0] != shapes[p][1]:
             raise ConfigError(f"drop_layers_: {p!r} maps {shapes.get(p, ('?', '?'))[0]} -> "

@@ -65,6 +65,7 @@ from torch.utils.data import Dataset
 
 from torchslim.core.config import Config
 from torchslim.core.errors import ConfigError
+from torchslim.core.graph import run_with_hooks
 from torchslim.pruning.api import ChannelPrune, PruneResult, prune_
 from torchslim.pruning.importance import n_keep
 from torchslim.train import TrainConfig, Trainer
@@ -356,22 +357,14 @@ def select_channels_(
 
 def _forward_order(model: nn.Module, example_inputs: tuple[Any, ...]) -> dict[str, int]:
     order: dict[str, int] = {}
-    handles = []
+    hooks = []
     for path, mod in model.named_modules():
         if path:
             def hook(m: nn.Module, a: Any, o: Any, p: str = path) -> None:
                 order.setdefault(p, len(order))
 
-            handles.append(mod.register_forward_hook(hook))
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
+            hooks.append((mod, hook))
+    run_with_hooks(model, example_inputs, hooks)
     return order
 
 

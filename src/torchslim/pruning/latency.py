@@ -44,6 +44,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from torchslim.core.graph import run_with_hooks
 from torchslim.pruning.api import PruneError
 
 __all__ = ["LatencyTable", "WidthChoice", "choose_widths", "measure_table", "plot_table"]
@@ -142,22 +143,14 @@ class _Probe(nn.Module):
 
 def _input_shapes(model: nn.Module, example_inputs: tuple[Any, ...], paths: set[str]) -> dict[str, list[int]]:
     shapes: dict[str, list[int]] = {}
-    handles = []
+    hooks = []
     for p in paths:
         def hook(_m: nn.Module, inp: Any, _out: Any, p: str = p) -> None:
             if p in shapes:
                 raise PruneError(f"latency table: module {p!r} is called more than once; cannot time it alone")
             shapes[p] = list(inp[0].shape)
-        handles.append(model.get_submodule(p).register_forward_hook(hook))
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+        hooks.append((model.get_submodule(p), hook))
+    run_with_hooks(model, example_inputs, hooks)
     return shapes
 
 
