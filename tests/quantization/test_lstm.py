@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -155,6 +156,7 @@ def test_bad_input() -> None:
         QuantizedLSTM.from_float(nn.GRU(2, 2))  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_qualitative_claim_int8_keeps_sequence_accuracy() -> None:
     # Paper claim at small scale: an 8-bit-weight LSTM keeps the float model's accuracy.
     # Task: sign of the sum of a length-12 sequence (train a tiny LSTM classifier 150 Adam steps).
@@ -214,3 +216,118 @@ def test_unbatched_projection_and_packed_inputs() -> None:
         out = q(packed)[0]
         assert isinstance(out, PackedSequence)
         assert (out.data - ref(packed)[0].data).abs().max().item() < 1e-6
+
+
+# --------------------------------------------------------------------------- ORT int8 deployment
+def test_dynamic_quantize_uint8_hand_computed() -> None:
+    # metric: exact equality with a hand computation of ORT's rule (min/max widened to 0, scale = range/255,
+    # zero point and values rounded half to even)
+    from torchslim.quantization.lstm import dynamic_quantize_uint8
+
+    q, s = dynamic_quantize_uint8(torch.tensor([-1.0, 0.0, 3.0, 1.0]))
+    scale = 4.0 / 255.0  # range [-1, 3]
+    zp = round(1.0 / scale)  # 63.75 -> 64
+    assert abs(float(s) - scale) < 1e-9
+    assert [int(v) for v in q] == [max(0, round(-1 / scale) + zp) - zp, 0, min(255, round(3 / scale) + zp) - zp,
+                                   round(1 / scale)]
+    # all-positive input: min widened to 0, zero point 0; constant zero input: scale 1
+    q2, s2 = dynamic_quantize_uint8(torch.tensor([0.5, 2.0]))
+    assert int(q2[1]) == 255 and abs(float(s2) - 2.0 / 255) < 1e-9
+    q3, s3 = dynamic_quantize_uint8(torch.zeros(3))
+    assert float(s3) == 1.0 and bool((q3 == 0).all())
+
+
+def _qmodel(bits: int, bidirectional: bool, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(6, 16, num_layers=2, batch_first=True, bidirectional=bidirectional)
+            self.fc = nn.Linear(16 * (2 if bidirectional else 1), 5)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    net = Net().eval()
+    quantize_lstm_(net, QLSTMConfig(bits=bits, activations="dynamic_uint8"))
+    return net
+
+
+def test_dynamic_sim_matches_hand_written_integer_recurrence() -> None:
+    # metric: max abs diff between the simulation and an independent float64 re-implementation of the integer
+    # recurrence (per-call input quantisation, per-step hidden quantisation); tolerance 1e-5
+    from torchslim.quantization.lstm import dynamic_quantize_uint8
+
+    torch.manual_seed(7)
+    q: Any = QuantizedLSTM.from_float(nn.LSTM(4, 8, batch_first=True), QLSTMConfig(activations="dynamic_uint8"))
+    x = torch.randn(3, 5, 4)
+    w_ih = q.weight_ih_l0_int8.double() * q.weight_ih_l0_scale.double()[:, None]
+    w_hh = q.weight_hh_l0_int8.double() * q.weight_hh_l0_scale.double()[:, None]
+    b = q.bias_l0.double()
+    qx, sx = dynamic_quantize_uint8(x.transpose(0, 1).reshape(15, 4))
+    xw = (qx.double() * float(sx)) @ w_ih.T
+    h = torch.zeros(3, 8, dtype=torch.float64)
+    c = torch.zeros(3, 8, dtype=torch.float64)
+    ref = []
+    for t in range(5):
+        qh, sh = dynamic_quantize_uint8(h.float())
+        i, f, g, o = (xw[t * 3 : (t + 1) * 3] + (qh.double() * float(sh)) @ w_hh.T + b).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        ref.append(h)
+    with torch.no_grad():
+        out, (hn, cn) = q(x)
+    assert (out.double() - torch.stack(ref, 1)).abs().max().item() < 1e-5
+    assert (hn[0].double() - h).abs().max().item() < 1e-5 and (cn[0].double() - c).abs().max().item() < 1e-5
+    # and it stays close to the weight-only (float activation) model: max abs diff < 0.05
+    q.activations = "float"
+    with torch.no_grad():
+        assert (q(x)[0] - out).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize(("bits", "bidirectional", "weight_dtype"), [(8, False, "auto"), (7, True, "auto"),
+                                                                      (8, True, "uint8")])
+def test_onnx_export_runs_int8_in_ort_and_matches_simulation(bits: int, bidirectional: bool,
+                                                             weight_dtype: str) -> None:
+    # Parity check of every exported quantised LSTM: PyTorch simulation vs ONNX Runtime on 48 inputs.
+    # metric: max abs logit diff < 1e-3, top-1 agreement 1.0, cosine > 0.99999. Float rounding (ORT's
+    # approximate sigmoid/tanh) can move one activation across a rounding boundary: hence 1e-3, not 1e-7.
+    import numpy as np
+    import onnx
+
+    from torchslim.export.parity import check_parity
+    from torchslim.quantization.lstm import export_qlstm_onnx
+
+    net = _qmodel(bits, bidirectional)
+    x = torch.randn(48, 7, 6)
+    with tempfile.TemporaryDirectory() as d:
+        p = export_qlstm_onnx(net, x[:2], Path(d) / "q.onnx", weight_dtype=weight_dtype)  # type: ignore[arg-type]
+        proto = onnx.load(str(p))
+        rep = check_parity(net, p, x, threads=1)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("DynamicQuantizeLSTM") == 2 and "LSTM" not in ops
+    # the integers ORT runs are ours: layer 0 W, gate blocks reordered (i,f,g,o) -> (i,o,f,c), transposed
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    node = next(n for n in proto.graph.node if n.op_type == "DynamicQuantizeLSTM")
+    w_ort = inits[node.input[1]].astype(np.int16) - (128 if inits[node.input[1]].dtype == np.uint8 else 0)
+    rnn: Any = net.get_submodule("rnn")
+    ours = rnn.weight_ih_l0_int8.numpy().astype(np.int16)
+    h = 16
+    expect = np.concatenate([ours[k * h : (k + 1) * h] for k in (0, 3, 1, 2)]).T
+    assert np.array_equal(w_ort[0], expect)
+    assert np.allclose(inits[node.input[8]][0], np.concatenate(
+        [rnn.weight_ih_l0_scale.numpy()[k * h : (k + 1) * h] for k in (0, 3, 1, 2)]))
+    assert inits[node.input[1]].dtype == (np.int8 if (weight_dtype == "auto" and bits <= 7) else np.uint8)
+    assert rep.max_abs_diff < 1e-3 and rep.top1_agreement == 1.0 and rep.cosine > 0.99999
+
+
+def test_ort_export_bad_input() -> None:
+    from torchslim.quantization.lstm import export_qlstm_onnx
+
+    with pytest.raises(UnsupportedModelError, match="no QuantizedLSTM"):
+        export_qlstm_onnx(nn.Sequential(nn.Linear(2, 2)), torch.randn(1, 2), "/tmp/never.onnx")
+    with pytest.raises(UnsupportedModelError, match="projection"):
+        QuantizedLSTM.from_float(nn.LSTM(3, 8, proj_size=4), QLSTMConfig(activations="dynamic_uint8"))
+    with pytest.raises(ConfigError):
+        QLSTMConfig(activations="int4")  # type: ignore[arg-type]

@@ -26,7 +26,12 @@ Example::
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -36,7 +41,14 @@ from torchslim.core.config import Config
 from torchslim.core.errors import UnsupportedModelError
 from torchslim.quantization.primitives import choose_qparams, dequantize, qrange, quantize
 
-__all__ = ["QLSTMConfig", "QuantizedLSTM", "quantize_lstm_", "quantize_rows"]
+__all__ = [
+    "QLSTMConfig",
+    "QuantizedLSTM",
+    "dynamic_quantize_uint8",
+    "export_qlstm_onnx",
+    "quantize_lstm_",
+    "quantize_rows",
+]
 
 
 class QLSTMConfig(Config):
@@ -46,12 +58,24 @@ class QLSTMConfig(Config):
         bits: integer width of the weights, 2..8 (stored as int8 whatever the width).
         fuse_bias: store ``b_ih + b_hh`` once (float32) instead of both biases; changes results only by
             float rounding of the sum (< 1e-6) and saves ``4 * 4 * hidden_size`` bytes per layer/direction.
+        activations: ``"float"`` (weight-only: float32 recurrence on dequantised weights) or
+            ``"dynamic_uint8"``: simulate ONNX Runtime's ``com.microsoft.DynamicQuantizeLSTM`` exactly, i.e.
+            both matrix products of every step run on integers: the input sequence of a layer is quantised
+            once per call and the hidden state once per step, per tensor, to uint8 with ORT's asymmetric
+            min/max rule (range widened to include 0, ``scale = (max - min) / 255``, zero point rounded half
+            to even), accumulated in int32 against the int8 weights and rescaled by
+            ``act_scale * row_scale``. This is what :func:`export_qlstm_onnx` models run.
+        ort_threads: intra-op threads the ORT session will use; with more than one ORT splits the batch into
+            ``ceil(batch / threads)``-row chunks, each with its own hidden-state scale (only with
+            ``activations="dynamic_uint8"``).
     """
 
     type_name: ClassVar[str] = "qlstm"
 
     bits: Annotated[int, Field(ge=2, le=8)] = 8
     fuse_bias: bool = True
+    activations: Literal["float", "dynamic_uint8"] = "float"
+    ort_threads: Annotated[int, Field(ge=1)] = 1
 
 
 def quantize_rows(w: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
@@ -73,6 +97,33 @@ def quantize_rows(w: Tensor, bits: int = 8) -> tuple[Tensor, Tensor]:
     return q, scale
 
 
+def dynamic_quantize_uint8(a: Tensor) -> tuple[Tensor, Tensor]:
+    """ONNX Runtime's dynamic per-tensor uint8 quantisation of a float activation.
+
+    Returns ``(q - zero_point, scale)``: the centred integers (float32 holding integers in [-255, 255]) and the
+    float32 scale, with ``min = min(a.min(), 0)``, ``max = max(a.max(), 0)``,
+    ``scale = (max - min) / 255`` (1 when ``max == min``), ``zero_point = round_half_even(clamp(-min / scale,
+    0, 255))`` and ``q = clamp(round_half_even(a / scale) + zero_point, 0, 255)``, all in float32 as ORT's
+    ``GetQuantizationParameter`` / ``MlasQuantizeLinear`` do.
+
+    Example::
+
+        >>> q, s = dynamic_quantize_uint8(torch.tensor([-1.0, 0.0, 3.0]))
+        >>> [int(v) for v in q], round(float(s), 6)
+        ([-64, 0, 191], 0.015686)
+    """
+    if a.numel() == 0:
+        raise ValueError("dynamic_quantize_uint8 got an empty tensor")
+    a = a.float()
+    zero = a.new_zeros(())
+    lo = torch.minimum(a.min(), zero)
+    hi = torch.maximum(a.max(), zero)
+    scale = (hi - lo) / 255.0 if bool(hi != lo) else a.new_ones(())
+    zp = torch.round(torch.clamp(-lo / scale, 0.0, 255.0))
+    q = torch.clamp(torch.round(a / scale) + zp, 0.0, 255.0)
+    return q - zp, scale
+
+
 class QuantizedLSTM(nn.Module):
     """An ``nn.LSTM`` replacement holding int8 weights with per-gate-row float32 scales.
 
@@ -86,8 +137,24 @@ class QuantizedLSTM(nn.Module):
     ``bias_l{k}{s}`` (fused) or ``bias_ih_l{k}{s}`` and ``bias_hh_l{k}{s}``.
     """
 
-    def __init__(self, template: nn.LSTM, bits: int, fuse_bias: bool) -> None:
+    def __init__(
+        self,
+        template: nn.LSTM,
+        bits: int,
+        fuse_bias: bool,
+        activations: str = "float",
+        ort_threads: int = 1,
+    ) -> None:
         super().__init__()
+        if activations not in ("float", "dynamic_uint8"):
+            raise ValueError(f"activations must be 'float' or 'dynamic_uint8', got {activations!r}")
+        if activations == "dynamic_uint8" and template.proj_size:
+            raise UnsupportedModelError(
+                "activations='dynamic_uint8' simulates ONNX Runtime's DynamicQuantizeLSTM, which has no "
+                f"projection (proj_size={template.proj_size}); use activations='float' for this LSTM"
+            )
+        self.activations = activations
+        self.ort_threads = int(ort_threads)
         self.input_size = template.input_size
         self.hidden_size = template.hidden_size
         self.num_layers = template.num_layers
@@ -119,7 +186,7 @@ class QuantizedLSTM(nn.Module):
         if not isinstance(lstm, nn.LSTM):
             raise TypeError(f"QuantizedLSTM.from_float expects an nn.LSTM, got {type(lstm).__name__}")
         config = QLSTMConfig() if config is None else config
-        q = cls(lstm, config.bits, config.fuse_bias)
+        q = cls(lstm, config.bits, config.fuse_bias, config.activations, config.ort_threads)
         params = dict(lstm.named_parameters())
         dev = next(iter(params.values())).device
         for name in q._weight_names:
@@ -175,15 +242,93 @@ class QuantizedLSTM(nn.Module):
                 getattr(lstm, k).copy_(v)
         return lstm.eval()
 
+    def fused_bias(self, layer: int, suffix: str = "") -> Tensor:
+        """``b_ih + b_hh`` of one layer/direction (zeros when the LSTM has no bias)."""
+        if not self.bias:
+            dev = next(iter(self.buffers())).device
+            return torch.zeros(4 * self.hidden_size, device=dev)
+        if self.fuse_bias:
+            b: Tensor = getattr(self, f"bias_l{layer}{suffix}")
+            return b
+        return getattr(self, f"bias_ih_l{layer}{suffix}") + getattr(self, f"bias_hh_l{layer}{suffix}")
+
     def forward(self, input: Any, hx: tuple[Tensor, Tensor] | None = None) -> Any:  # noqa: A002
         """Same signature and outputs as ``nn.LSTM.forward``."""
+        if self.activations == "dynamic_uint8":
+            return self._forward_dynamic(input, hx)
         from torch.func import functional_call
 
         args: tuple[Any, ...] = (input,) if hx is None else (input, hx)
         return functional_call(self._template[0], self.dequantized_weights(), args)
 
+    def _int_gemm(self, a: Tensor, name: str) -> Tensor:
+        """``a @ W.T`` the way ORT's quantised GEMM computes it (uint8 ``a``, int8 ``W``, int32 sums)."""
+        qa, a_scale = dynamic_quantize_uint8(a)
+        w: Tensor = getattr(self, f"{name}_int8")
+        w_scale: Tensor = getattr(self, f"{name}_scale")
+        # Integer products summed in float64 are exact (|sum| < 2**53), i.e. equal to the int32 accumulator.
+        acc = (qa.double() @ w.double().T).float()
+        return acc * (a_scale * w_scale)
+
+    def _forward_dynamic(self, input: Any, hx: tuple[Tensor, Tensor] | None) -> Any:
+        if isinstance(input, nn.utils.rnn.PackedSequence):
+            raise UnsupportedModelError(
+                "activations='dynamic_uint8' does not take PackedSequence inputs; pad the batch instead"
+            )
+        x: Tensor = input
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(0 if self.batch_first else 1)
+            if hx is not None:
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        seq_len, batch, _ = x.shape
+        dirs = 2 if self.bidirectional else 1
+        hid = self.hidden_size
+        # ORT partitions the batch across its threads (UniDirectionalLstm::SetNumThreads).
+        batch_parallel = batch > 4 or (batch >= 2 and hid <= 256)
+        chunk = math.ceil(batch / self.ort_threads) if batch_parallel else batch
+        h_n: list[Tensor] = []
+        c_n: list[Tensor] = []
+        inp = x.float()
+        for layer in range(self.num_layers):
+            outs: list[Tensor] = []
+            for d, suffix in enumerate(["", "_reverse"][:dirs]):
+                idx = layer * dirs + d
+                if hx is None:
+                    h = inp.new_zeros(batch, hid)
+                    c = inp.new_zeros(batch, hid)
+                else:
+                    h, c = hx[0][idx].float(), hx[1][idx].float()
+                xw = self._int_gemm(inp.reshape(seq_len * batch, -1), f"weight_ih_l{layer}{suffix}")
+                xw = xw.reshape(seq_len, batch, 4 * hid)
+                bias = self.fused_bias(layer, suffix)
+                steps = range(seq_len - 1, -1, -1) if suffix else range(seq_len)
+                hs: list[Tensor] = [inp.new_empty(0)] * seq_len
+                for t in steps:
+                    hw = torch.cat(
+                        [self._int_gemm(h[s : s + chunk], f"weight_hh_l{layer}{suffix}") for s in range(0, batch, chunk)]
+                    )
+                    i, f, g, o = ((xw[t] + hw) + bias).chunk(4, dim=1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = torch.sigmoid(o) * torch.tanh(c)
+                    hs[t] = h
+                outs.append(torch.stack(hs))
+                h_n.append(h)
+                c_n.append(c)
+            inp = torch.cat(outs, dim=2)
+        out = inp.transpose(0, 1) if self.batch_first else inp
+        hn, cn = torch.stack(h_n), torch.stack(c_n)
+        if unbatched:
+            out = out.squeeze(0 if self.batch_first else 1)
+            hn, cn = hn.squeeze(1), cn.squeeze(1)
+        return out, (hn, cn)
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, bits={self.bits}"
+        if self.activations != "float":
+            s += f", activations={self.activations}"
         if self.batch_first:
             s += ", batch_first=True"
         if self.bidirectional:
@@ -219,3 +364,198 @@ def quantize_lstm_(model: nn.Module, config: QLSTMConfig | None = None) -> list[
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, QuantizedLSTM.from_float(lstm, config))
     return [n for n, _ in targets]
+
+
+# --------------------------------------------------------------------------- ONNX export (ORT int8 LSTM)
+_IOFC = (0, 3, 1, 2)  # ONNX gate blocks i, o, f, c taken from PyTorch's i, f, g, o
+
+
+def _to_iofc(t: Tensor, hidden: int) -> Tensor:
+    """Reorder the 4 gate blocks along dim 0 from PyTorch's (i, f, g, o) to ONNX's (i, o, f, c)."""
+    return torch.cat([t[k * hidden : (k + 1) * hidden] for k in _IOFC])
+
+
+def _float_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every QuantizedLSTM replaced by its dequantised ``nn.LSTM``."""
+    import copy
+
+    if isinstance(model, QuantizedLSTM):
+        return model.to_float()
+    twin = copy.deepcopy(model)
+    for name, m in list(twin.named_modules()):
+        if isinstance(m, QuantizedLSTM):
+            parent_name, _, attr = name.rpartition(".")
+            parent = twin.get_submodule(parent_name) if parent_name else twin
+            setattr(parent, attr, m.to_float())
+    return twin.eval()
+
+
+def export_qlstm_onnx(
+    model: nn.Module,
+    example_input: Tensor | tuple[Tensor, ...],
+    path: str | os.PathLike[str],
+    weight_dtype: Literal["auto", "int8", "uint8"] = "auto",
+    opset: int = 17,
+) -> Path:
+    """Export a model holding :class:`QuantizedLSTM` modules so that ONNX Runtime runs them in int8.
+
+    The model is exported (TorchScript exporter, dynamic batch) with each QuantizedLSTM as a float LSTM on
+    its dequantised weights; every resulting ONNX ``LSTM`` node is then replaced by ORT's contrib op
+    ``com.microsoft.DynamicQuantizeLSTM`` holding *our* integers and per-row scales (gate rows reordered to
+    ONNX's i, o, f, c; ``W``/``R`` stored transposed ``[directions, in, 4 * hidden]``; scales and zero points
+    ``[directions, 4 * hidden]``). ORT then quantises activations dynamically to uint8 and runs integer GEMMs:
+    the same arithmetic as ``QLSTMConfig(activations="dynamic_uint8")``, so the PyTorch simulation and ORT
+    agree up to float rounding (check with :func:`torchslim.export.parity.check_parity`). Other layers stay
+    float; an ``nn.LSTM`` that was not quantised stays a float ``LSTM`` node (with a warning).
+
+    Args:
+        model: a module containing QuantizedLSTM modules (or a QuantizedLSTM itself).
+        example_input: input the model is run with (batch dimension 0 is made dynamic).
+        path: destination ``.onnx`` file (written atomically).
+        weight_dtype: ``"int8"`` (zero point 0; ORT's u8s8 kernel, the fastest) or ``"uint8"`` (the same
+            integers + 128 with zero point 128; ORT's u8u8 kernel). On x86 CPUs without VNNI the u8s8 kernel
+            adds pairs of uint8 x int8 products in *saturating int16* (``vpmaddubsw``), so with 8-bit weights
+            (|q| up to 127) ORT's result can differ from the exact integer sum the simulation computes;
+            with ``bits <= 7`` (|q| <= 63, ``2 * 255 * 63 < 32767``) it cannot saturate. ``"auto"``
+            (default) picks ``"int8"`` when every quantised LSTM has ``bits <= 7`` and ``"uint8"``
+            otherwise, so ORT always matches the simulation.
+        opset: ONNX opset of the float export.
+
+    Returns:
+        The path written.
+
+    Raises:
+        UnsupportedModelError: the model contains no QuantizedLSTM, or one whose ONNX LSTM node cannot be
+            found in the export.
+
+    Example::
+
+        >>> model = nn.Sequential()
+        >>> model.add_module("rnn", nn.LSTM(8, 16, batch_first=True))
+        >>> _ = quantize_lstm_(model, QLSTMConfig(activations="dynamic_uint8"))
+        >>> p = export_qlstm_onnx(model, torch.randn(2, 5, 8), "/tmp/qlstm.onnx")   # doctest: +SKIP
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from torchslim.core.io import atomic_write_bytes
+    from torchslim.export.onnx import export_onnx
+
+    if weight_dtype not in ("auto", "int8", "uint8"):
+        raise ValueError(f"weight_dtype must be 'auto', 'int8' or 'uint8', got {weight_dtype!r}")
+    qmods = (
+        [model] if isinstance(model, QuantizedLSTM) else [m for m in model.modules() if isinstance(m, QuantizedLSTM)]
+    )
+    if not qmods:
+        raise UnsupportedModelError(
+            f"export_qlstm_onnx: {type(model).__name__} contains no QuantizedLSTM; call quantize_lstm_ first"
+        )
+    if weight_dtype == "auto":
+        weight_dtype = "int8" if all(m.bits <= 7 for m in qmods) else "uint8"
+    # Candidates: one per (module, layer), float W/R exactly as the exporter writes them (iofc order).
+    cands: list[dict[str, Any]] = []
+    for m in qmods:
+        if m.proj_size:
+            raise UnsupportedModelError("DynamicQuantizeLSTM has no projection: proj_size must be 0 to export")
+        deq = m.dequantized_weights()
+        sfx = ["", "_reverse"][: 2 if m.bidirectional else 1]
+        for layer in range(m.num_layers):
+            c: dict[str, Any] = {}
+            for kind in ("ih", "hh"):
+                names = [f"weight_{kind}_l{layer}{s}" for s in sfx]
+                hid = m.hidden_size
+                c[f"{kind}_float"] = np.stack([_to_iofc(deq[n], hid).cpu().numpy() for n in names])
+                c[f"{kind}_int"] = np.stack(
+                    [_to_iofc(getattr(m, f"{n}_int8"), hid).cpu().numpy().T for n in names]
+                )
+                c[f"{kind}_scale"] = np.stack(
+                    [_to_iofc(getattr(m, f"{n}_scale"), hid).cpu().numpy() for n in names]
+                ).astype(np.float32)
+            cands.append(c)
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
+        float_path = export_onnx(_float_twin(model), example_input, Path(tmp) / "float.onnx", opset=opset)
+        proto = onnx.load(str(float_path))
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+
+    def value(name: str) -> np.ndarray | None:
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in consts:
+            return numpy_helper.to_array(consts[name].attribute[0].t)
+        return None
+
+    used: set[int] = set()
+    new_nodes = []
+    n_replaced = 0
+    for node in graph.node:
+        if node.op_type != "LSTM":
+            new_nodes.append(node)
+            continue
+        w, r = value(node.input[1]), value(node.input[2])
+        match = next(
+            (
+                k
+                for k, c in enumerate(cands)
+                if k not in used
+                and w is not None
+                and r is not None
+                and w.shape == c["ih_float"].shape
+                and r.shape == c["hh_float"].shape
+                and np.array_equal(w, c["ih_float"])
+                and np.array_equal(r, c["hh_float"])
+            ),
+            None,
+        )
+        if match is None:
+            warnings.warn(
+                f"ONNX LSTM node {node.name!r} matches no QuantizedLSTM layer: left in float", stacklevel=2
+            )
+            new_nodes.append(node)
+            continue
+        used.add(match)
+        c = cands[match]
+        base = f"{node.name or 'lstm'}_{n_replaced}"
+        new_inputs = list(node.input[:8]) + [""] * (8 - len(node.input[:8]))
+        for pos, kind in ((1, "ih"), (2, "hh")):
+            q = c[f"{kind}_int"].astype(np.int8)
+            scale = c[f"{kind}_scale"]
+            if weight_dtype == "uint8":
+                qt = (q.astype(np.int16) + 128).astype(np.uint8)
+                zp = np.full(scale.shape, 128, dtype=np.uint8)
+            else:
+                qt, zp = q, np.zeros(scale.shape, dtype=np.int8)
+            for suffix, arr in (("quantized", qt), ("scale", scale), ("zero_point", zp)):
+                graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), f"{base}_{kind}_{suffix}"))
+            new_inputs[pos] = f"{base}_{kind}_quantized"
+        new_inputs += [f"{base}_ih_scale", f"{base}_ih_zero_point", f"{base}_hh_scale", f"{base}_hh_zero_point"]
+        qnode = helper.make_node(
+            "DynamicQuantizeLSTM",
+            new_inputs,
+            list(node.output),
+            name=f"{base}_int8",
+            domain="com.microsoft",
+        )
+        qnode.attribute.extend(node.attribute)
+        new_nodes.append(qnode)
+        n_replaced += 1
+    if n_replaced != len(cands):
+        raise UnsupportedModelError(
+            f"export_qlstm_onnx: found {n_replaced} of {len(cands)} quantised LSTM layers in the export; the "
+            "exporter did not emit one ONNX LSTM node per layer (is the LSTM called more than once?)"
+        )
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    still_used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, proto.SerializeToString())
+    return path
