@@ -146,3 +146,64 @@ def test_nncf_quantize_exports_an_ort_model_matching_its_simulation(tmp_path):
     u8, _ = activations_to_uint8(path, tmp_path / "nncf_u8.onnx")
     # metric: max abs diff; tolerance 1e-6 (the uint8 rewrite is exact)
     assert torch.allclose(_run(u8, x), out, atol=1e-6)
+
+
+class _TinyResNet(nn.Module):
+    """conv-BN-ReLU stem, one residual block (add), global pool, linear head: a coupled channel group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.c1, self.b1 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = torch.relu(h + self.b2(self.c2(torch.relu(self.b1(self.c1(h))))))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_tp_prune_hits_the_macs_target_and_matches_a_hand_count(tmp_path):
+    pytest.importorskip("torch_pruning")
+    from torchslim.bench.peers import tp_prune
+    from torchslim.core.cost import profile
+
+    torch.manual_seed(0)
+    model = _TinyResNet().eval()
+    x = torch.randn(1, 1, 8, 8)
+    r = tp_prune(model, x, macs_target=0.5, tol=0.05)
+    assert r.ignored == ["fc"] and r.widths["fc"] == 4  # the output layer is never pruned
+    # residual coupling: stem and c2 (added together) keep the same width
+    assert r.widths["stem.0"] == r.widths["c2"]
+    a, b = r.widths["stem.0"], r.widths["c1"]
+    # metric: MACs; reference: hand count on 8x8 maps (3x3 convs, no bias) + fc; tolerance: exact
+    hand = 64 * 9 * (1 * a + a * b + b * a) + a * 4
+    assert r.macs_after == profile(model, (x,)).macs == hand
+    assert 0.5 - 0.05 <= r.macs_ratio <= 0.5  # within the budget and within tol of it
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 4)
+    # the pruned model exports and runs in ONNX Runtime with the same logits (max abs diff <= 1e-4)
+    xx = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        ref = model(xx)
+    assert torch.allclose(_run(export_onnx(model, xx, tmp_path / "tp.onnx"), xx), ref, atol=1e-4)
+
+
+def test_tp_prune_round_to_gives_multiples_and_rejects_bad_input():
+    pytest.importorskip("torch_pruning")
+    from torchslim.bench.peers import tp_prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(32, 4)).eval()
+    x = torch.randn(1, 1, 8, 8)
+    r = tp_prune(model, x, ratio=0.3, round_to=8)
+    # Torch-Pruning rounds kept channels DOWN: 32 * 0.7 = 22.4 -> 22 -> 16
+    assert r.widths["0"] == 16 and r.widths["3"] == 16 and r.widths["7"] == 4
+    with pytest.raises(ValueError, match="exactly one"):
+        tp_prune(model, x)
+    with pytest.raises(ValueError, match="ratio"):
+        tp_prune(model, x, ratio=1.0)
+    with pytest.raises(ValueError, match="not a module path"):
+        tp_prune(model, x, ratio=0.2, ignored_layers=["nope"])

@@ -11,6 +11,8 @@ Peers wrapped here:
   recipe (per-channel symmetric int8 weights, per-tensor symmetric int8/uint8 activations, fast bias
   correction), exported as ONNX QuantizeLinear/DequantizeLinear pairs for ONNX Runtime.
   :func:`activations_to_uint8` rewrites its signed activation quantizers to the equivalent uint8 ones.
+* Torch-Pruning ``MetaPruner`` with ``GroupMagnitudeImportance`` (group L2 norm; :func:`tp_prune`), at a
+  channel ratio or at a MACs target (the channel ratio is bisected until the measured MACs meet it).
 
 Example::
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +39,13 @@ from torch import nn
 
 __all__ = [
     "ORT_CALIBRATION_METHODS",
+    "TPPruneResult",
     "activations_to_uint8",
     "fold_batchnorm_eager",
     "nncf_export_onnx",
     "nncf_quantize",
     "ort_quantize_static",
+    "tp_prune",
 ]
 
 #: ``calibrate_method`` names accepted by :func:`ort_quantize_static` -> ORT's ``CalibrationMethod`` member.
@@ -288,3 +293,175 @@ def activations_to_uint8(onnx_in: str | Path, onnx_out: str | Path) -> tuple[Pat
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return out, rewritten
+
+
+# --------------------------------------------------------------------------- Torch-Pruning
+def _import_tp() -> Any:
+    try:
+        import torch_pruning
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"torch-pruning is not installed: {_PEERS_HINT}") from err
+    return torch_pruning
+
+
+@dataclass
+class TPPruneResult:
+    """What :func:`tp_prune` did.
+
+    Attributes:
+        model: the pruned model (the same object that was passed in, pruned in place).
+        ratio: the channel pruning ratio given to Torch-Pruning's ``MetaPruner``.
+        macs_before: MACs of the unpruned model on ``example_input`` (:func:`torchslim.core.cost.profile`).
+        macs_after: MACs of the pruned model.
+        widths: output channels of every Conv/Linear after pruning (module path -> count).
+        ignored: module paths Torch-Pruning was told not to prune (the layers producing the model's output).
+    """
+
+    model: nn.Module
+    ratio: float
+    macs_before: int
+    macs_after: int
+    widths: dict[str, int] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def macs_ratio(self) -> float:
+        """``macs_after / macs_before``."""
+        return self.macs_after / max(self.macs_before, 1)
+
+
+def _output_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Paths of the leaf modules whose output tensor is (one of) the model's output(s)."""
+    produced: dict[int, str] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if name and not list(mod.children()):
+            def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+                if isinstance(out, torch.Tensor):
+                    produced[id(out)] = name
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            out = model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs = [out] if isinstance(out, torch.Tensor) else [t for t in (out if isinstance(out, (tuple, list)) else [])
+                                                         if isinstance(t, torch.Tensor)]
+    return [produced[id(t)] for t in outs if id(t) in produced]
+
+
+def _tp_prune_once(
+    model: nn.Module, example: torch.Tensor, ratio: float, round_to: int | None, ignored: list[str]
+) -> None:
+    tp = _import_tp()
+    mods = dict(model.named_modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            ignored_layers=[mods[n] for n in ignored],
+            round_to=round_to,
+        )
+        pruner.step()
+
+
+def tp_prune(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    ratio: float | None = None,
+    *,
+    macs_target: float | None = None,
+    round_to: int | None = None,
+    ignored_layers: list[str] | None = None,
+    tol: float = 0.005,
+    max_rounds: int = 12,
+) -> TPPruneResult:
+    """Torch-Pruning's ``MetaPruner`` with group L2-magnitude importance, configured as its README shows.
+
+    Give exactly one of ``ratio`` (fraction of channels removed per layer, Torch-Pruning's
+    ``pruning_ratio``, local pruning) or ``macs_target`` (fraction of the original MACs to keep, in (0, 1]):
+    the channel ratio is then bisected on copies of the model until the MACs measured with
+    :func:`torchslim.core.cost.profile` are at most ``macs_target`` and within ``tol`` of it (or the
+    bisection ends; the largest feasible MACs found win). ``round_to`` is Torch-Pruning's own: kept
+    channels are rounded DOWN to a multiple of it (torchslim's ``ChannelPrune.round_to`` rounds up).
+    The layers that produce the model's output (found with forward hooks) are never pruned, nor the
+    module paths in ``ignored_layers``. ``model`` is pruned in place (put it in eval mode first).
+
+    Raises:
+        ImportError: torch-pruning is not installed.
+        ValueError: neither or both of ``ratio`` / ``macs_target``, a value out of range, an unknown
+            module path in ``ignored_layers``, or a MACs target that even ``ratio=0.95`` cannot reach.
+
+    Example::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3),
+        ...                     nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+        >>> r = tp_prune(net, torch.randn(1, 1, 8, 8), macs_target=0.5)  # doctest: +SKIP
+        >>> r.macs_ratio <= 0.5  # doctest: +SKIP
+        True
+    """
+    from torchslim.core.cost import profile
+
+    if (ratio is None) == (macs_target is None):
+        raise ValueError("tp_prune: give exactly one of ratio= (channel fraction removed) or macs_target= "
+                         "(fraction of the MACs kept)")
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise ValueError(f"tp_prune: ratio={ratio} must be in [0, 1)")
+    if macs_target is not None and not 0.0 < macs_target <= 1.0:
+        raise ValueError(f"tp_prune: macs_target={macs_target} must be in (0, 1]")
+    if round_to is not None and round_to < 1:
+        raise ValueError(f"tp_prune: round_to={round_to} must be >= 1 (or None)")
+    _import_tp()
+    paths = {n for n, _ in model.named_modules() if n}
+    for n in ignored_layers or []:
+        if n not in paths:
+            raise ValueError(f"tp_prune: ignored layer {n!r} is not a module path of the model; "
+                             f"paths look like {sorted(paths)[:6]}")
+    ignored = sorted(set(_output_layers(model, example_input)) | set(ignored_layers or []))
+    rt = None if round_to in (None, 1) else round_to
+    macs_before = profile(model, (example_input,)).macs
+
+    if macs_target is not None:
+        budget = macs_target * macs_before
+
+        def trial(r: float) -> int:
+            m = copy.deepcopy(model)
+            _tp_prune_once(m, example_input, r, rt, ignored)
+            return int(profile(m, (example_input,)).macs)
+
+        # MACs need not fall monotonically with the ratio (a layer whose kept count would round to 0 is left
+        # unpruned, by round_to or at high ratios), so scan a coarse grid for the first feasible ratio, then
+        # bisect between it and the grid point below.
+        if trial(0.0) <= budget:
+            lo = hi = 0.0
+        else:
+            grid = [i / 20 for i in range(1, 20)]
+            first = next((i for i, r in enumerate(grid) if trial(r) <= budget), None)
+            if first is None:
+                raise ValueError(f"tp_prune: macs_target={macs_target} is not reached at any ratio <= {grid[-1]}"
+                                 f" (round_to={round_to}); raise macs_target, lower round_to or ignore fewer layers")
+            lo, hi = (grid[first - 1] if first else 0.0), grid[first]
+        best = hi
+        if hi > 0.0:
+            for _ in range(max_rounds):
+                mid = (lo + hi) / 2
+                m_mid = trial(mid)
+                if m_mid <= budget:
+                    best, hi = mid, mid
+                    if m_mid >= budget - tol * macs_before:
+                        break
+                else:
+                    lo = mid
+        ratio = best
+    assert ratio is not None
+    _tp_prune_once(model, example_input, ratio, rt, ignored)
+    widths = {n: int(getattr(m, "out_channels", getattr(m, "out_features", 0)))
+              for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear))}
+    return TPPruneResult(model=model, ratio=ratio, macs_before=macs_before,
+                         macs_after=int(profile(model, (example_input,)).macs), widths=widths, ignored=ignored)
