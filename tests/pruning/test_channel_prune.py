@@ -414,3 +414,14 @@ def test_explicit_keep_indices_are_exactly_the_kept_channels() -> None:
     with pytest.raises(PruneError, match="twice"):
         prune_(nn.Sequential(nn.Conv2d(1, 6, 1), nn.ReLU(), nn.Conv2d(6, 2, 1)), ChannelPrune(ratio=0.0),
                (torch.randn(1, 1, 3, 3),), keep={"0": [1, 1]})
+
+
+@pytest.mark.parametrize("mode, expected", [("up", 32), ("nearest", 16), ("down", 16)])
+def test_round_mode_decides_the_kept_multiple(mode: str, expected: int) -> None:
+    """ratio 0.3 of 32 channels asks for 23 kept; round_to 16 gives 32 (up), 16 (nearest: |23-16| < |23-32|)
+    or 16 (down). Metric: exact channel count."""
+    m = nn.Sequential(nn.Conv2d(1, 32, 1), nn.ReLU(), nn.Conv2d(32, 2, 1))
+    prune_(m, ChannelPrune(ratio=0.3, round_to=16, round_mode=mode), (torch.randn(1, 1, 3, 3),))
+    assert m[0].out_channels == expected
+    with pytest.raises(ConfigError):
+        ChannelPrune.from_dict({"type": "channel_prune", "ratio": 0.3, "round_mode": "sideways"})

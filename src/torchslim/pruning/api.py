@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -36,7 +36,8 @@ class ChannelPrune(Config):
             ``"l1"`` / ``"l2"`` filter norm (summed over the group's producers, normalised per producer),
             ``"random"``, ``"bn_scale"`` (BatchNorm |gamma|), ``"taylor"`` (first-order Taylor, needs
             labelled ``data``) or ``"hrank"`` (average feature-map rank, needs ``data``).
-        round_to: kept counts are rounded UP to a multiple of this (16 suits ORT's fast conv kernels).
+        round_to: kept counts are rounded to a multiple of this (16 suits ORT's fast conv kernels).
+        round_mode: ``"up"`` (default: never remove more than ``ratio``), ``"nearest"`` or ``"down"``.
         min_channels: fail if a group would keep fewer channels than this.
         include: glob patterns on module paths; if given, only groups with a producer matching one are pruned.
         exclude: glob patterns on module paths; groups with any member matching one are left intact.
@@ -49,6 +50,7 @@ class ChannelPrune(Config):
     ratio: float = Field(ge=0.0, lt=1.0)
     importance: str = "l1"
     round_to: int = Field(default=1, ge=1)
+    round_mode: Literal["up", "nearest", "down"] = "up"
     min_channels: int = Field(default=1, ge=1)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
@@ -221,7 +223,7 @@ def prune_(
         elif widths and g.name in widths:
             k = int(widths[g.name])
         else:
-            k = n_keep(g.channels, config.ratio, config.round_to)
+            k = n_keep(g.channels, config.ratio, config.round_to, config.round_mode)
         if k < config.min_channels and k < g.channels:
             too_small.append(f"{g.name} ({g.channels} -> {k})")
         plan.append((g, k))

@@ -26,12 +26,19 @@ import torch
 Importance = Literal["l1", "l2", "random"]
 
 
-def n_keep(channels: int, ratio: float, round_to: int = 1) -> int:
-    """Channels kept when removing ``ratio`` of ``channels``: ``ceil((1-ratio)*C)`` rounded UP to a
-    multiple of ``round_to``, never more than ``channels``.
+def n_keep(channels: int, ratio: float, round_to: int = 1, round_mode: str = "up") -> int:
+    """Channels kept when removing ``ratio`` of ``channels``: ``ceil((1-ratio)*C)`` rounded to a multiple of
+    ``round_to`` (``round_mode``: ``"up"``, ``"nearest"`` or ``"down"``; never below ``round_to``), and never
+    more than ``channels``.
+
+    Rounding up never removes more than asked; on narrow layers it can remove much less (48 -> 32 at 16 when
+    half was asked keeps 32, but 32 -> 16 keeps 16). ``"nearest"`` lands closest to the asked count, which is
+    what matches another tool's MACs (e.g. Torch-Pruning rounds down).
 
     >>> n_keep(10, 0.3), n_keep(48, 0.5, round_to=16), n_keep(8, 0.5, round_to=16)
     (7, 32, 8)
+    >>> n_keep(32, 0.3, 16), n_keep(32, 0.3, 16, "nearest"), n_keep(64, 0.3, 16, "down")
+    (32, 16, 32)
     """
     if not 0 <= ratio < 1:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
@@ -39,7 +46,14 @@ def n_keep(channels: int, ratio: float, round_to: int = 1) -> int:
         raise ValueError(f"round_to must be >= 1, got {round_to}")
     n = math.ceil((1.0 - ratio) * channels - 1e-9)
     n = max(n, 1)
-    n = math.ceil(n / round_to) * round_to
+    if round_mode == "up":
+        n = math.ceil(n / round_to) * round_to
+    elif round_mode == "nearest":
+        n = max(round_to, math.floor(n / round_to + 0.5) * round_to)
+    elif round_mode == "down":
+        n = max(round_to, math.floor(n / round_to) * round_to)
+    else:
+        raise ValueError(f"round_mode must be 'up', 'nearest' or 'down', got {round_mode!r}")
     return min(n, channels)
 
 
