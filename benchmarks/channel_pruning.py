@@ -16,8 +16,8 @@ fine-tuning ("acc pruned" is not applicable; the accuracy after removal is in th
 
 Reported: test-split top-1 before and after fine-tuning, MACs, params, and ORT FP32 latency (batch 64,
 fixed threads) of each model as a ratio to the unpruned model, all models timed interleaved in one run.
-The machine is shared: absolute times are indicative only. Torch-Pruning is not installed here, so no
-comparison with it is made. Writes ``benchmarks/results/channel_pruning.json`` and the latency-table plot
+The machine is shared: absolute times are indicative only. The comparison with Torch-Pruning is
+``benchmarks/tp_compare.py``. Writes ``benchmarks/results/channel_pruning.json`` and the latency-table plot
 ``benchmarks/results/channel_pruning_latency.png``.
 """
 
