@@ -83,6 +83,7 @@ _LAZY: dict[str, tuple[str, str, bool]] = {
     "hrank": ("torchslim.pruning.structured.importance.hrank", "hrank_scores", True),
     "activation_density": ("torchslim.pruning.adp", "density_scores", True),
     "feature_relevance": ("torchslim.pruning.gradual", "frs_scores", True),
+    "apqnn_redundancy": ("torchslim.pruning.apqnn", "apqnn_scores", False),
 }
 _REGISTERED: dict[str, Criterion] = {}
 
