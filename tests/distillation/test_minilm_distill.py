@@ -203,3 +203,141 @@ def test_distillation_reduces_minilm_loss_of_narrow_student() -> None:
     after = _eval_loss(s.eval(), t, texts[:32])
     assert result.steps == 15 * 8
     assert after < 0.5 * before, (before, after)
+
+
+def test_embedding_objective_matches_hand_cosine() -> None:
+    # reference: explicit masked mean and cosine per sentence; metric abs error, tolerance 1e-6
+    from torchslim.distillation.methods.minilm import embedding_cosine_loss
+
+    g = torch.Generator().manual_seed(0)
+    th, sh = torch.randn(2, 4, 6, generator=g), torch.randn(2, 4, 6, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    ref = 0.0
+    for b in range(2):
+        n = int(mask[b].sum())
+        t, s = th[b, :n].mean(0), sh[b, :n].mean(0)
+        ref += 1 - float(t @ s / (t.norm() * s.norm()))
+    assert abs(float(embedding_cosine_loss(th, sh, mask)) - ref / 2) < 1e-6
+    assert abs(float(embedding_cosine_loss(th, th, mask))) < 1e-6
+    with pytest.raises(ConfigError, match="equal widths"):
+        embedding_cosine_loss(th, sh[..., :3], mask)
+
+
+def _topic_texts(n: int, seed: int) -> tuple[list[str], list[int]]:
+    """Two synthetic topics: label 1 iff the text holds one of the 'b' words."""
+    a, b = "flu vaccine cold fever cough".split(), "heart diet sleep brain study".split()
+    g = torch.Generator().manual_seed(seed)
+    texts, labels = [], []
+    for i in range(n):
+        y = i % 2
+        pool = b if y else a
+        texts.append(" ".join(pool[int(j)] for j in torch.randint(0, 5, (6,), generator=g)))
+        labels.append(y)
+    return texts, labels
+
+
+def test_distill_with_assistant_chains_two_minilm_stages(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # mechanics: the assistant has the teacher's depth and the student's width (paper 3.3), and the two-stage
+    # result equals teacher->assistant then assistant->student run by hand (metric: exact weight equality)
+    import copy
+
+    from torchslim.distillation.methods.minilm import distill_with_assistant
+
+    texts, _ = _topic_texts(32, 0)
+    teacher = MiniLMEncoder(tiny_bert(hidden=16, heads=4, layers=4, seed=0), WordTokenizer())
+    student = MiniLMEncoder(tiny_bert(hidden=8, heads=4, layers=1, seed=5), WordTokenizer())
+    cfg = MiniLMDistill(
+        max_length=16,
+        train=TrainConfig(epochs=2, batch_size=8, lr=1e-2, optimizer="adamw", weight_decay=0.0),
+    )
+    s_ref, start = copy.deepcopy(student), copy.deepcopy(student)
+    res = distill_with_assistant(student, teacher, texts, cfg, checkpoint_dir=tmp_path, progress=False)
+    a_cfg = res.assistant.model.config
+    assert (a_cfg.num_hidden_layers, a_cfg.hidden_size, a_cfg.num_attention_heads) == (4, 8, 4)
+    assert res.assistant_result.steps == res.student_result.steps == 8
+    # by hand: a fresh assistant (same seeded build) distilled from the teacher, then the student from it
+    from torchslim.distillation.student import build_assistant
+
+    ta = build_assistant(teacher, start)
+    minilm_distill(ta, teacher, texts, cfg, progress=False)
+    minilm_distill(s_ref, ta.eval(), texts, cfg, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(ta.parameters(), res.assistant.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(s_ref.parameters(), student.parameters(), strict=True))
+    # the student learned from the assistant: its MiniLM loss against it fell
+    assert _eval_loss(student.eval(), res.assistant, texts) < _eval_loss(start.eval(), res.assistant, texts)
+    # resuming finished stages changes nothing
+    res2 = distill_with_assistant(
+        student, teacher, texts, cfg, assistant=res.assistant, checkpoint_dir=tmp_path, resume=True, progress=False
+    )
+    assert res2.student_result.steps == 8
+    assert all(torch.equal(a, b) for a, b in zip(s_ref.parameters(), student.parameters(), strict=True))
+
+
+def test_distill_with_assistant_bad_inputs_fail_before_training() -> None:
+    from torchslim.distillation.methods.minilm import distill_with_assistant
+
+    teacher = MiniLMEncoder(tiny_bert(hidden=16, heads=4, layers=4), WordTokenizer())
+    student = MiniLMEncoder(tiny_bert(hidden=8, heads=2, layers=1), WordTokenizer())
+    before = [p.clone() for p in student.parameters()]
+    with pytest.raises(ConfigError, match="teacher has 4 heads, the student has 2"):
+        distill_with_assistant(student, teacher, ["a b c"] * 4, progress=False)
+    with pytest.raises(ConfigError, match="objective='minilm'"):
+        distill_with_assistant(student, teacher, ["a b"], MiniLMDistill(objective="hidden_mse"), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True))
+
+
+def test_fine_tune_classifier_learns_a_separable_task() -> None:
+    # metric: held-out accuracy (chance 0.5), checked against a per-text argmax by hand; expectation >= 0.95
+    from torchslim.distillation.methods.minilm import (
+        SentenceClassifier,
+        classifier_accuracy,
+        fine_tune_classifier,
+    )
+
+    tr_x, tr_y = _topic_texts(64, 1)
+    te_x, te_y = _topic_texts(40, 2)
+    enc = MiniLMEncoder(tiny_bert(hidden=16, heads=4, layers=1, seed=0), WordTokenizer())
+    cfg = TrainConfig(epochs=8, batch_size=16, lr=1e-2, optimizer="adamw", weight_decay=0.0)
+    clf, result = fine_tune_classifier(enc, tr_x, tr_y, 2, cfg, max_length=16, progress=False)
+    assert isinstance(clf, SentenceClassifier) and clf.encoder is enc and result.steps == 8 * 4
+    acc = classifier_accuracy(clf, te_x, te_y, batch_size=7, max_length=16)
+    # reference accuracy by hand: argmax of the logits of each text alone
+    with torch.no_grad():
+        hand = sum(
+            int(clf(**{k: v for k, v in WordTokenizer()([t]).items()}).argmax()) == y
+            for t, y in zip(te_x, te_y, strict=True)
+        ) / len(te_x)
+    assert abs(acc - hand) < 1e-9
+    assert acc >= 0.95, acc
+    with pytest.raises(ConfigError, match="labels must lie in 0..1"):
+        fine_tune_classifier(enc, ["a"], [2], 2, progress=False)
+    with pytest.raises(ConfigError, match="2 texts but 1 labels"):
+        fine_tune_classifier(enc, ["a", "b"], [0], 2, progress=False)
+    with pytest.raises(ConfigError, match="num_classes must be >= 2"):
+        SentenceClassifier(enc, 1)
+
+
+def test_head_lr_mult_keeps_initial_logits_and_scales_adam_steps() -> None:
+    # reference: a plain head (mult 1) with the same seed; metric max abs diff of logits, tolerance 1e-5;
+    # one AdamW step (no weight decay) moves the scaled head's logits ~mult times further (ratio within 10%)
+    from torchslim.distillation.methods.minilm import SentenceClassifier
+
+    enc = MiniLMEncoder(tiny_bert(hidden=16, heads=4, layers=1, seed=0), WordTokenizer())
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    inp = batch()
+    moves = []
+    for mult in (1.0, 10.0):
+        torch.manual_seed(0)
+        clf = SentenceClassifier(enc, 3, dropout=0.0, head_lr_mult=mult)
+        before = clf(**inp).detach()
+        if mult == 1.0:
+            ref = before
+        assert (before - ref).abs().max() < 1e-5
+        opt = torch.optim.AdamW(clf.head.parameters(), lr=1e-3, weight_decay=0.0)
+        torch.nn.functional.cross_entropy(clf(**inp), torch.tensor([0, 2])).backward()
+        opt.step()
+        moves.append(float((clf(**inp).detach() - before).abs().mean()))
+    assert abs(moves[1] / moves[0] - 10.0) < 1.0, moves
+    with pytest.raises(ConfigError, match="head_lr_mult must be > 0"):
+        SentenceClassifier(enc, 3, head_lr_mult=0.0)

@@ -85,3 +85,26 @@ def test_bad_sizes_fail_clearly(teacher: MiniLMEncoder) -> None:
         build_student(teacher, num_layers=2, layers=[0, 6])
     with pytest.raises(ConfigError, match="MiniLMEncoder"):
         build_student(teacher.model, num_layers=2)  # type: ignore[arg-type]
+
+
+def test_assistant_has_teacher_depth_and_student_width(teacher: MiniLMEncoder) -> None:
+    # paper section 3.3: the assistant is an L-layer Transformer with the student's hidden size d'_h
+    from torchslim.distillation.student import build_assistant, needs_assistant
+
+    student = build_student(teacher, num_layers=3, hidden_size=192, init="scratch")
+    ta = build_assistant(teacher, student, seed=2)
+    cfg = ta.model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (
+        6,
+        192,
+        12,
+        768,
+    )
+    assert ta.tokenizer is teacher.tokenizer and ta.encode(TEXTS).shape == (3, 192)
+    assert needs_assistant(teacher, student)  # 3 <= 6/2 and 192 <= 384/2
+    assert not needs_assistant(teacher, build_student(teacher, num_layers=3))  # same width: no assistant
+    assert not needs_assistant(teacher, ta)  # same depth: no assistant
+    with pytest.raises(ConfigError, match="distil the student directly"):
+        build_assistant(teacher, ta)
+    with pytest.raises(ConfigError, match="MiniLMEncoder"):
+        needs_assistant(teacher.model, student)  # type: ignore[arg-type]

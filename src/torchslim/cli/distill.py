@@ -45,7 +45,7 @@ __all__ = ["CNN_METHODS", "TEXT_METHODS", "StudentSpec", "build_cli_student", "p
 
 #: Methods per teacher family.
 CNN_METHODS = ("hinton", "hidden_mse", "residual", "hydra")
-TEXT_METHODS = ("minilm", "hidden_mse")
+TEXT_METHODS = ("minilm", "hidden_mse", "embedding")
 _IMAGE_DATA = ("fashion-mnist", "mnist")
 _TEXT_DATA = ("news", "health-tweets")
 _FAMILY_ALIASES = {"resnet": "resnet", "resnet-fmnist": "resnet", "minilm": "minilm", "minilm-l6": "minilm"}
@@ -605,7 +605,7 @@ def _text_run(
         epochs=epochs, max_steps=steps, lr=lr or 5e-4, batch_size=batch_size or 32, optimizer="adamw",
         weight_decay=0.01, schedule="onecycle", grad_clip=1.0, seed=seed, checkpoint_every_steps=every,
     )  # fmt: skip
-    cfg = MiniLMDistill(objective="minilm" if method == "minilm" else "hidden_mse", train=tc)
+    cfg = MiniLMDistill(objective=method, train=tc)  # type: ignore[arg-type]  # method is checked against TEXT_METHODS
 
     def train() -> None:
         minilm_distill(student, teacher, train_texts, cfg, checkpoint_dir=ckpt, resume=resume, progress=progress)

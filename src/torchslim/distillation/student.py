@@ -7,6 +7,10 @@ teacher's tokenizer), so ``.encode(texts)`` works exactly as for the teacher. Tw
   copied (default: every other layer, ending at the top, e.g. layers 1, 3, 5 of 6 for a 3-layer student);
 - ``init="scratch"``: random weights (``transformers``' BERT initialisation) of any depth/width.
 
+:func:`build_assistant` builds MiniLM's teacher assistant (paper section 3.3): the teacher's depth with the
+student's width, heads and feed-forward size; :func:`needs_assistant` is the paper's rule for when to use
+one (student depth <= half the teacher's and width <= half the teacher's).
+
 Example:
     >>> from torchslim.zoo.minilm import minilm
     >>> from torchslim.distillation.student import build_student
@@ -28,7 +32,7 @@ import torch
 from torchslim.core.errors import ConfigError
 from torchslim.zoo.minilm import MiniLMEncoder
 
-__all__ = ["build_student", "every_other_layer"]
+__all__ = ["build_assistant", "build_student", "every_other_layer", "needs_assistant"]
 
 
 def every_other_layer(teacher_layers: int, student_layers: int) -> list[int]:
@@ -135,3 +139,76 @@ def build_student(
         model, teacher.tokenizer, max_length=teacher.max_length, normalize=teacher.normalize
     )
     return student.train()
+
+
+def _sizes(model: MiniLMEncoder, who: str) -> tuple[int, int, int, int]:
+    """``(layers, hidden, heads, intermediate)`` of a ``MiniLMEncoder``'s BERT config."""
+    if not isinstance(model, MiniLMEncoder):
+        raise ConfigError(f"{who} must be a MiniLMEncoder, got {type(model).__name__}")
+    cfg: Any = model.model.config
+    return (
+        int(cfg.num_hidden_layers),
+        int(cfg.hidden_size),
+        int(cfg.num_attention_heads),
+        int(cfg.intermediate_size),
+    )
+
+
+def needs_assistant(teacher: MiniLMEncoder, student: MiniLMEncoder) -> bool:
+    """MiniLM's rule (section 3.3): use a teacher assistant when ``M <= L/2`` **and** ``d'_h <= d_h/2``.
+
+    ``L``, ``d_h``: the teacher's depth and width; ``M``, ``d'_h``: the student's.
+
+    Example:
+        >>> from torchslim.zoo.minilm import minilm
+        >>> t = minilm()                                                               # doctest: +SKIP
+        >>> needs_assistant(t, build_student(t, 3, hidden_size=192, init="scratch"))   # doctest: +SKIP
+        True
+    """
+    t_layers, t_width, _, _ = _sizes(teacher, "needs_assistant: teacher")
+    s_layers, s_width, _, _ = _sizes(student, "needs_assistant: student")
+    return 2 * s_layers <= t_layers and 2 * s_width <= t_width
+
+
+def build_assistant(teacher: MiniLMEncoder, student: MiniLMEncoder, seed: int = 0) -> MiniLMEncoder:
+    """MiniLM's teacher assistant for ``student``: the teacher's depth ``L`` with the student's width ``d'_h``.
+
+    The assistant has the student's hidden size, head count and feed-forward width and the teacher's number
+    of layers (paper section 3.3: "distill the teacher into a teacher assistant with L-layer Transformer and
+    d'_h hidden size"); it is randomly initialised (its width differs from the teacher's, so no layer can be
+    copied). Distil teacher -> assistant, then assistant -> student, e.g. with
+    :func:`torchslim.distillation.methods.minilm.distill_with_assistant`.
+
+    Args:
+        teacher: a ``MiniLMEncoder``; left unchanged.
+        student: the final student (a ``MiniLMEncoder``); only its sizes are read.
+        seed: seeds the assistant's random initialisation.
+
+    Raises:
+        ConfigError: a model is not a ``MiniLMEncoder``, or the student is as deep as the teacher (the
+            assistant would have the student's shape: distil directly).
+
+    Example:
+        >>> from torchslim.zoo.minilm import minilm
+        >>> t = minilm()                                                          # doctest: +SKIP
+        >>> s = build_student(t, num_layers=3, hidden_size=192, init="scratch")   # doctest: +SKIP
+        >>> ta = build_assistant(t, s)                                            # doctest: +SKIP
+        >>> ta.model.config.num_hidden_layers, ta.dim                             # doctest: +SKIP
+        (6, 192)
+    """
+    t_layers, _, _, _ = _sizes(teacher, "build_assistant: teacher")
+    s_layers, s_width, s_heads, s_inter = _sizes(student, "build_assistant: student")
+    if s_layers >= t_layers:
+        raise ConfigError(
+            f"build_assistant: the student already has {s_layers} layers and the teacher {t_layers}; an assistant "
+            "(teacher depth, student width) would have the student's own shape: distil the student directly"
+        )
+    return build_student(
+        teacher,
+        num_layers=t_layers,
+        hidden_size=s_width,
+        num_heads=s_heads,
+        intermediate_size=s_inter,
+        init="scratch",
+        seed=seed,
+    )

@@ -16,7 +16,17 @@ no probability mass as keys and are not averaged over as queries. :func:`attenti
 ``output_attentions=True`` of eager attention (tested).
 
 :func:`hidden_mse_loss` (MSE of last hidden states; same width needed) is the baseline the paper compares
-against; select it with ``MiniLMDistill(objective="hidden_mse")``.
+against; select it with ``MiniLMDistill(objective="hidden_mse")``. ``objective="embedding"`` (1 - cosine of
+the pooled sentence embeddings, the encoder's output: the "logit-only" baseline of an encoder without logits)
+is the other baseline.
+
+Teacher assistant (paper section 3.3): :func:`distill_with_assistant` distils the teacher into an assistant
+with the teacher's depth and the student's width (:func:`torchslim.distillation.student.build_assistant`), then
+the assistant into the student, both with the MiniLM losses.
+
+Downstream fine-tuning (how the paper evaluates students): :func:`fine_tune_classifier` puts a linear head on
+the mean-pooled last hidden states (:class:`SentenceClassifier`) and trains the whole model with cross-entropy;
+:func:`classifier_accuracy` scores it.
 
 Example:
     >>> from torchslim.zoo.minilm import minilm
@@ -32,6 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -44,14 +55,21 @@ from torch.utils.data import Dataset
 from torchslim.core.config import Config
 from torchslim.core.errors import ConfigError, UnsupportedModelError
 from torchslim.distillation.engine import fit_student
-from torchslim.train.trainer import TrainConfig, TrainResult
+from torchslim.train.trainer import TrainConfig, Trainer, TrainResult
+from torchslim.zoo.minilm import MiniLMEncoder, mean_pool
 
 __all__ = [
+    "AssistantDistillResult",
     "MiniLMDistill",
+    "SentenceClassifier",
     "attention_relation",
     "bert_of",
     "capture_last_attention",
     "check_heads",
+    "classifier_accuracy",
+    "distill_with_assistant",
+    "embedding_cosine_loss",
+    "fine_tune_classifier",
     "hidden_mse_loss",
     "minilm_distill",
     "minilm_losses",
@@ -239,13 +257,35 @@ def hidden_mse_loss(
     return (sq * m).sum() / m.sum().clamp(min=1.0)
 
 
+def embedding_cosine_loss(
+    teacher_hidden: torch.Tensor, student_hidden: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``mean_batch (1 - cos(mean_pool(student), mean_pool(teacher)))`` of last hidden states ``[B, T, D]``.
+
+    The sentence embedding is the encoder's output, so this is the "logit-only" baseline for an encoder.
+
+    Raises:
+        ConfigError: the widths differ (names both shapes).
+    """
+    if teacher_hidden.shape != student_hidden.shape:
+        raise ConfigError(
+            f"embedding_cosine_loss: teacher hidden states {tuple(teacher_hidden.shape)} and student "
+            f"{tuple(student_hidden.shape)} differ; the embedding objective needs equal widths (use the MiniLM "
+            "objective, which allows any student width)"
+        )
+    t = mean_pool(teacher_hidden.detach(), mask)
+    s_ = mean_pool(student_hidden, mask)
+    return (1.0 - F.cosine_similarity(s_, t, dim=-1)).mean()
+
+
 # --------------------------------------------------------------------------- training
 class MiniLMDistill(Config):
     """MiniLM distillation settings.
 
     Attributes:
-        objective: ``"minilm"`` (``L_AT + value_weight * L_VR``, the paper) or ``"hidden_mse"`` (baseline:
-            MSE of last hidden states).
+        objective: ``"minilm"`` (``L_AT + value_weight * L_VR``, the paper), ``"hidden_mse"`` (baseline:
+            MSE of last hidden states) or ``"embedding"`` (baseline: 1 - cosine of the pooled sentence
+            embeddings, the encoder's output; "logit-only").
         value_weight: weight of the value-relation term (the paper uses 1).
         max_length: tokens per text (longer texts are truncated).
         train: the student's training configuration (AdamW, as in the paper).
@@ -253,7 +293,7 @@ class MiniLMDistill(Config):
 
     type_name: ClassVar[str] = "minilm_distill"
 
-    objective: Literal["minilm", "hidden_mse"] = "minilm"
+    objective: Literal["minilm", "hidden_mse", "embedding"] = "minilm"
     value_weight: Annotated[float, Field(ge=0)] = 1.0
     max_length: Annotated[int, Field(ge=2)] = 128
     train: TrainConfig = TrainConfig(
@@ -313,7 +353,7 @@ def minilm_distill(
 
     Raises:
         ConfigError: head counts differ (``objective="minilm"``, checked before training, names both),
-            widths differ (``"hidden_mse"``), vocabularies differ, or no non-empty text.
+            widths differ (``"hidden_mse"``, ``"embedding"``), vocabularies differ, or no non-empty text.
         UnsupportedModelError: a model is not a BERT-style encoder.
     """
     config = MiniLMDistill() if config is None else config
@@ -324,7 +364,7 @@ def minilm_distill(
         check_heads(teacher, student)
     elif int(s_bert.config.hidden_size) != int(t_bert.config.hidden_size):
         raise ConfigError(
-            f"minilm_distill: objective='hidden_mse' needs equal widths, but the teacher's hidden_size is "
+            f"minilm_distill: objective={config.objective!r} needs equal widths, but the teacher's hidden_size is "
             f"{t_bert.config.hidden_size} and the student's {s_bert.config.hidden_size}; use objective='minilm'"
         )
     if int(s_bert.config.vocab_size) != int(t_bert.config.vocab_size):
@@ -356,6 +396,8 @@ def minilm_distill(
         with torch.no_grad():
             t_hidden = t_bert(**inputs).last_hidden_state
         s_hidden = s_model(**inputs).last_hidden_state
+        if objective == "embedding":
+            return embedding_cosine_loss(t_hidden, s_hidden, mask)
         return hidden_mse_loss(t_hidden, s_hidden, mask)
 
     return fit_student(
@@ -369,3 +411,260 @@ def minilm_distill(
         resume=resume,
         progress=progress,
     )
+
+
+# --------------------------------------------------------------------------- teacher assistant
+@dataclass
+class AssistantDistillResult:
+    """What :func:`distill_with_assistant` returns.
+
+    Attributes:
+        assistant: the distilled teacher assistant (teacher depth, student width), eval mode.
+        assistant_result: training result of teacher -> assistant.
+        student_result: training result of assistant -> student.
+    """
+
+    assistant: MiniLMEncoder
+    assistant_result: TrainResult
+    student_result: TrainResult
+
+
+def distill_with_assistant(
+    student: MiniLMEncoder,
+    teacher: MiniLMEncoder,
+    texts: Sequence[str],
+    config: MiniLMDistill | None = None,
+    assistant: MiniLMEncoder | None = None,
+    assistant_config: MiniLMDistill | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> AssistantDistillResult:
+    """MiniLM with a teacher assistant (paper section 3.3): teacher -> assistant, then assistant -> student.
+
+    Both stages use the MiniLM losses on the same unlabelled ``texts``. The assistant (default
+    :func:`torchslim.distillation.student.build_assistant`: the teacher's depth, the student's width, heads and
+    feed-forward size, random initialisation) is trained first, then frozen and used as the student's teacher.
+    The paper uses an assistant for small students (depth <= L/2 and width <= d_h/2;
+    :func:`torchslim.distillation.student.needs_assistant`); this function does not enforce the rule.
+
+    Args:
+        student: the final student (``MiniLMEncoder``), trained in place.
+        teacher: the teacher (``MiniLMEncoder``), frozen.
+        texts: unlabelled sentences (both stages).
+        config: the student stage's :class:`MiniLMDistill` (``objective`` must be ``"minilm"``).
+        assistant: a ready assistant to distil into (default: built by ``build_assistant``).
+        assistant_config: the assistant stage's settings (default: ``config``).
+        checkpoint_dir: checkpoints go to ``checkpoint_dir/assistant`` and ``checkpoint_dir/student``.
+        resume: resume each stage from its checkpoint (a finished assistant stage is not retrained).
+        progress: show progress bars.
+
+    Raises:
+        ConfigError: a non-MiniLM objective, or head counts that differ between teacher, assistant and student
+            (checked before any training, naming both sides).
+
+    Example:
+        >>> from torchslim.zoo.minilm import minilm
+        >>> from torchslim.distillation.student import build_student
+        >>> teacher = minilm()                                                             # doctest: +SKIP
+        >>> student = build_student(teacher, num_layers=3, hidden_size=192, init="scratch")  # doctest: +SKIP
+        >>> res = distill_with_assistant(student, teacher, sentences, MiniLMDistill())     # doctest: +SKIP
+        >>> res.assistant.model.config.num_hidden_layers, res.assistant.dim               # doctest: +SKIP
+        (6, 192)
+    """
+    from torchslim.distillation.student import build_assistant
+
+    config = MiniLMDistill() if config is None else config
+    a_config = config if assistant_config is None else assistant_config
+    for name, c in (("config", config), ("assistant_config", a_config)):
+        if not isinstance(c, MiniLMDistill):
+            raise ConfigError(f"distill_with_assistant: {name} must be a MiniLMDistill, got {type(c).__name__}")
+        if c.objective != "minilm":
+            raise ConfigError(
+                f"distill_with_assistant: {name}.objective is {c.objective!r}; the teacher assistant is part of "
+                "MiniLM, use objective='minilm'"
+            )
+    ta = build_assistant(teacher, student) if assistant is None else assistant
+    check_heads(teacher, ta)
+    check_heads(ta, student)
+    root = None if checkpoint_dir is None else Path(checkpoint_dir)
+    a_res = minilm_distill(
+        ta,
+        teacher,
+        texts,
+        a_config,
+        checkpoint_dir=None if root is None else root / "assistant",
+        resume=resume,
+        progress=progress,
+    )
+    ta.eval()
+    s_res = minilm_distill(
+        student,
+        ta,
+        texts,
+        config,
+        checkpoint_dir=None if root is None else root / "student",
+        resume=resume,
+        progress=progress,
+    )
+    return AssistantDistillResult(assistant=ta, assistant_result=a_res, student_result=s_res)
+
+
+# --------------------------------------------------------------------------- downstream fine-tuning
+class SentenceClassifier(nn.Module):
+    """A BERT encoder + a linear head on the mean-pooled last hidden states (not normalised): class logits.
+
+    ``forward(input_ids, attention_mask) -> [B, num_classes]``; :meth:`tokenize` uses the encoder's tokenizer.
+    ``head_lr_mult``: the new head learns this many times faster than the encoder under Adam/AdamW (the head's
+    output is multiplied by it and its initial weights divided by it: same initial logits, and since Adam's
+    steps do not depend on the gradient's scale, each step moves the logits ``head_lr_mult`` times further).
+    Useful for short fine-tuning runs, where a randomly initialised head at the encoder's small learning rate
+    barely moves.
+
+    Example:
+        >>> from torchslim.zoo.minilm import minilm
+        >>> clf = SentenceClassifier(minilm(), num_classes=4)                              # doctest: +SKIP
+        >>> clf(**clf.tokenize(["Flu season is here"])).shape                               # doctest: +SKIP
+        torch.Size([1, 4])
+    """
+
+    def __init__(
+        self, encoder: MiniLMEncoder, num_classes: int, dropout: float = 0.1, head_lr_mult: float = 1.0
+    ) -> None:
+        super().__init__()
+        if not head_lr_mult > 0:
+            raise ConfigError(f"SentenceClassifier: head_lr_mult must be > 0, got {head_lr_mult}")
+        if not isinstance(encoder, MiniLMEncoder):
+            raise ConfigError(
+                f"SentenceClassifier: encoder must be a MiniLMEncoder, got {type(encoder).__name__}"
+            )
+        if num_classes < 2:
+            raise ConfigError(f"SentenceClassifier: num_classes must be >= 2, got {num_classes}")
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.dim, int(num_classes))
+        self.head_scale = float(head_lr_mult)
+        with torch.no_grad():  # same initial logits as a plain linear head
+            self.head.weight.div_(self.head_scale)
+            self.head.bias.div_(self.head_scale)
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Tokenize with the encoder's tokenizer (padding to the longest text)."""
+        return self.encoder.tokenize(texts, max_length=max_length)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
+        out = bert_of(self.encoder)(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        return self.head(self.dropout(mean_pool(out.last_hidden_state, attention_mask))) * self.head_scale
+
+
+class _Labelled(Dataset[tuple[str, int]]):
+    def __init__(self, texts: Sequence[str], labels: Sequence[int]) -> None:
+        self.items = [(str(t), int(y)) for t, y in zip(texts, labels, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[str, int]:
+        return self.items[i]
+
+
+def _check_labelled(who: str, texts: Sequence[str], labels: Sequence[int], num_classes: int | None) -> None:
+    if len(texts) != len(labels):
+        raise ConfigError(f"{who}: {len(texts)} texts but {len(labels)} labels; pass one label per text")
+    if len(texts) == 0:
+        raise ConfigError(f"{who}: no labelled text; pass at least one (text, label) pair")
+    if num_classes is not None:
+        bad = [int(y) for y in labels if not 0 <= int(y) < num_classes]
+        if bad:
+            raise ConfigError(f"{who}: labels must lie in 0..{num_classes - 1}, got e.g. {bad[0]}")
+
+
+def fine_tune_classifier(
+    encoder: MiniLMEncoder,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    num_classes: int,
+    train: TrainConfig | None = None,
+    max_length: int = 64,
+    seed: int = 0,
+    head_lr_mult: float = 1.0,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[SentenceClassifier, TrainResult]:
+    """Fine-tune ``encoder`` (in place) with a new linear head on a labelled text task (cross-entropy).
+
+    This is how the paper evaluates distilled students (and their teacher): task-agnostic distillation, then
+    ordinary fine-tuning of the whole model on each downstream task.
+
+    Args:
+        encoder: a ``MiniLMEncoder`` (teacher or student); its weights are updated.
+        texts: training texts.
+        labels: integer class labels in ``0..num_classes-1``.
+        num_classes: number of classes (>= 2).
+        train: training settings (default: AdamW, lr 1e-4, batch 32, one-cycle, 3 epochs, grad clip 1).
+        max_length: tokens per text.
+        seed: seeds the head's initialisation (the data order is ``train.seed``).
+        head_lr_mult: the head learns this many times faster than the encoder (see :class:`SentenceClassifier`).
+        checkpoint_dir: where ``last.pt`` goes; ``resume``: continue from it.
+        progress: show a progress bar.
+
+    Returns:
+        ``(classifier, train_result)``; the classifier is left in eval mode.
+
+    Raises:
+        ConfigError: texts and labels differ in number, none given, or a label out of range.
+
+    Example:
+        >>> from torchslim.zoo.minilm import minilm
+        >>> clf, _ = fine_tune_classifier(minilm(), ["flu shot", "heart attack"], [0, 1], 2)  # doctest: +SKIP
+        >>> classifier_accuracy(clf, ["flu vaccine"], [0])                                  # doctest: +SKIP
+    """
+    _check_labelled("fine_tune_classifier", texts, labels, num_classes)
+    train = (
+        TrainConfig(
+            epochs=3, batch_size=32, lr=1e-4, optimizer="adamw", weight_decay=0.01, grad_clip=1.0
+        )
+        if train is None
+        else train
+    )
+    torch.manual_seed(seed)
+    clf = SentenceClassifier(encoder, num_classes, head_lr_mult=head_lr_mult).train()
+
+    def step_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        batch_texts, y = batch
+        enc = model.tokenize(list(batch_texts), max_length=max_length)  # type: ignore[operator]
+        kw = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return F.cross_entropy(model(**kw), torch.as_tensor(y))
+
+    trainer = Trainer(clf, train, step_fn=step_fn, checkpoint_dir=checkpoint_dir, progress=progress)
+    result = trainer.fit(_Labelled(texts, labels), resume=resume)
+    return clf.eval(), result
+
+
+@torch.no_grad()
+def classifier_accuracy(
+    classifier: SentenceClassifier,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    batch_size: int = 64,
+    max_length: int = 64,
+) -> float:
+    """Top-1 accuracy of ``classifier`` on ``(texts, labels)`` (eval mode, no grad).
+
+    Raises:
+        ConfigError: texts and labels differ in number, or none given.
+    """
+    _check_labelled("classifier_accuracy", texts, labels, None)
+    was = classifier.training
+    classifier.eval()
+    correct = 0
+    try:
+        for i in range(0, len(texts), batch_size):
+            enc = classifier.tokenize(list(texts[i : i + batch_size]), max_length=max_length)
+            kw = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            pred = classifier(**kw).argmax(-1)
+            correct += int((pred == torch.as_tensor(list(labels[i : i + batch_size]))).sum())
+    finally:
+        classifier.train(was)
+    return correct / len(texts)
