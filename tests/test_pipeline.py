@@ -303,3 +303,236 @@ def test_weight_only_stages_are_float_models_with_honest_sizes(stage, tmp_path):
     assert q.latency_ms_torch is not None and abs(q.size_bytes - orig.size_bytes) < 0.05 * orig.size_bytes
     assert "ORT runs it in float" in q.extra["deployment"]
     assert min(q.extra["layer_sqnr_db"].values()) > 10.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# pruning stages: knapsack_prune, dcp_prune, npn_prune, sensitivity_prune, inner_kd; bad input before work
+# ---------------------------------------------------------------------------------------------------
+def _resnet():
+    from torchslim import zoo
+
+    torch.manual_seed(0)
+    return zoo.build("resnet-fmnist").eval()
+
+
+def _chain() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+@pytest.mark.parametrize("importance", ["l1", "random", "bn_scale"])
+def test_channel_keep_reproduces_prune_exactly(importance):
+    """The indices the pipeline computes (for inner KD and sensitivity) give the same pruned model as plain
+    prune_ (metric: every state-dict tensor equal, tolerance 0)."""
+    from torchslim.pipeline import _channel_keep
+    from torchslim.pruning import ChannelPrune, prune_
+
+    ref, ours = _resnet(), _resnet()
+    cfg = ChannelPrune(ratio=0.4, importance=importance, round_to=8, exclude=["layer3.1.*"], seed=3)
+    x = (torch.randn(1, 1, 28, 28),)
+    prune_(ref, cfg, x)
+    keep = _channel_keep(ours, cfg, x, None)
+    prune_(ours, cfg, x, keep=keep)
+    assert keep and all(len(k) < 128 for k in keep.values())
+    a, b = ref.state_dict(), ours.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _ctx(model, tmp_path, index: int, samples: int = 64):
+    from torchslim.pipeline import PipelineContext
+
+    train = _digits("train")
+    x = torch.stack([train[i][0] for i in range(8)])
+    return PipelineContext(model=model, original=model, train_data=train, eval_data=None, example_input=x,
+                           work_dir=tmp_path, stage_index=index, progress=False, sensitivity_samples=samples)
+
+
+def _run_stage(stage: dict, ctx) -> None:
+    from torchslim.core.registry import STAGES
+
+    (cfg,) = Recipe.from_dict({"type": "recipe", "stages": [stage]}).stages
+    STAGES.resolve(cfg)(cfg, ctx)
+
+
+def test_knapsack_stage_then_inner_kd_report_kept_channels_sensitivity_and_taps(tmp_path):
+    """knapsack_prune on a TinyNet (64-channel residual group) within 50% MACs: kept channels, the budget and
+    the per-group sensitivity (checked against a hand re-evaluation, tolerance 1e-4) are in ctx.extra; the
+    channel map written for inner_kd lists the kept indices; inner_kd then taps bn1/bn2 of the parent."""
+    import copy
+    import json
+
+    from torchslim.bench.accuracy import top1
+    from torchslim.pipeline import _sample_batch
+    from torchslim.pruning import ChannelPrune, prune_
+
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    parent = copy.deepcopy(model)
+    ctx = _ctx(model, tmp_path, 1)
+    ctx.original = parent
+    _run_stage({"type": "knapsack_prune", "macs_ratio": 0.5}, ctx)
+    b = ctx.extra["macs_budget"]
+    assert b["macs_after"] <= b["macs_budget"] == int(0.5 * b["macs_before"])
+    (name, (before, after)), = ctx.extra["kept_channels"].items()
+    assert before == 64 and 1 <= after < 64 and model.conv1.out_channels == after
+    cmap = json.loads((tmp_path / "stage1" / "channel_map.json").read_text())
+    assert len(cmap[name]) == after and cmap[name] == sorted(set(cmap[name]))
+    # sensitivity = baseline - top1 with only this group cut to the kept channels (on the training probe)
+    sx, sy = _sample_batch(ctx.train_data, 64, ctx.seed + 1)
+    probe = torch.utils.data.TensorDataset(sx, sy)
+    m = copy.deepcopy(parent)
+    prune_(m, ChannelPrune(ratio=0.0), (ctx.example_input[:1],), keep={name: torch.tensor(cmap[name])})
+    assert abs(ctx.extra["sensitivity"][name] - (top1(parent, probe) - top1(m, probe))) < 1e-4
+
+    ctx.stage_index, ctx.extra = 2, {}
+    _run_stage({"type": "inner_kd", "train": {"epochs": 1, "max_steps": 2, "batch_size": 32}}, ctx)
+    assert ctx.extra["inner_taps"] == ["bn1", "bn2"] and ctx.extra["train_steps"] == 2
+
+
+def test_channel_map_composes_over_two_pruning_stages(tmp_path):
+    """Two channel_prune stages: the map holds indices in the ORIGINAL numbering (first[second]), checked by
+    comparing the twice-pruned conv1 weight with the original's rows at those indices (tolerance 0)."""
+    import json
+
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    w0 = model.conv1.weight.detach().clone()
+    ctx = _ctx(model, tmp_path, 1, samples=0)
+    _run_stage({"type": "channel_prune", "ratio": 0.5}, ctx)
+    ctx.stage_index = 2
+    _run_stage({"type": "channel_prune", "ratio": 0.5, "importance": "random"}, ctx)
+    cmap = json.loads((tmp_path / "stage2" / "channel_map.json").read_text())
+    (idx,) = cmap.values()
+    assert len(idx) == 16 and torch.equal(model.conv1.weight, w0[idx])
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {"type": "dcp_prune", "ratio": 0.5, "calib_samples": 64, "steps_per_channel": 0, "final_steps": 1,
+         "aux_train": {"epochs": 1, "max_steps": 2, "batch_size": 32}},
+        {"type": "npn_prune", "sparsity": 50.0, "gate_samples": 64,
+         "train": {"epochs": 1, "max_steps": 3, "batch_size": 32, "optimizer": "adamw", "lr": 0.3}},
+    ],
+)
+def test_dcp_and_npn_stages_prune_physically_and_record_details(stage, tmp_path):
+    """dcp_prune / npn_prune run as stages on a conv chain: the model's layers shrink to the recorded widths,
+    and kept channels + sensitivity (one entry per pruned group) are recorded like channel_prune's."""
+    model = _chain()
+    ctx = _ctx(model, tmp_path, 1, samples=32)
+    ctx.example_input = ctx.example_input[:, :, :8, :8]
+    _run_stage(stage, ctx)
+    kept = ctx.extra["kept_channels"]
+    pruned = {n for n, (a, b) in kept.items() if b < a}
+    assert pruned and set(ctx.extra["sensitivity"]) == pruned
+    for n, (_, after) in kept.items():
+        assert model.get_submodule(n).out_channels == after
+    assert model(ctx.example_input).shape == (8, 10)
+
+
+def test_sensitivity_widths_prunes_insensitive_groups_more_and_matches_brute_force():
+    """A synthetic score that punishes cutting group '0' 50x more than '3' or '6': the plan leaves '0' whole,
+    meets the 50% MACs budget (measured), and its summed drop equals the brute-force optimum over all width
+    combinations whose measured MACs fit (tolerance 1e-9)."""
+    import copy
+    import itertools
+
+    from torchslim.core.cost import profile
+    from torchslim.pruning import ChannelPrune, prune_
+    from torchslim.pruning.sensitivity import sensitivity_widths
+
+    model = _chain()
+    x = (torch.randn(1, 1, 8, 8),)
+    weight = {"0": 0.5, "3": 0.01, "6": 0.01}
+
+    def score(m):
+        return 1.0 - sum(w * (1 - m.get_submodule(n).out_channels / 16) for n, w in weight.items())
+
+    cfg = ChannelPrune(ratio=0.0, round_to=4)
+    plan = sensitivity_widths(model, cfg, x, score, macs_ratio=0.5, ratios=(0.25, 0.5, 0.75))
+    assert "0" not in plan.widths and plan.macs_after <= plan.budget == int(0.5 * plan.macs_before)
+    widths_of = {n: [o[0] for o in opts] for n, opts in plan.options.items()}
+
+    def drop(ws):
+        return sum(weight[n] * (1 - ws.get(n, 16) / 16) for n in weight)
+
+    best = None
+    for combo in itertools.product(*widths_of.values()):
+        ws = {n: w for n, w in zip(widths_of, combo, strict=True) if w < 16}
+        m = copy.deepcopy(model)
+        prune_(m, cfg, x, widths=ws)
+        if profile(m, x).macs <= plan.budget and (best is None or drop(ws) < best):
+            best = drop(ws)
+    assert abs(drop(plan.widths) - best) < 1e-9
+
+
+def test_sensitivity_prune_stage_meets_the_macs_budget(tmp_path):
+    """sensitivity_prune on the untrained zoo ResNet: measured MACs within 50%, widths non-uniform allowed,
+    the options table and the budget recorded."""
+    from torchslim.core.cost import profile
+
+    model = _resnet()
+    ctx = _ctx(model, tmp_path, 1, samples=32)
+    ctx.train_data = torch.utils.data.TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    ctx.example_input = torch.randn(4, 1, 28, 28)
+    _run_stage({"type": "sensitivity_prune", "macs_ratio": 0.5, "round_to": 8, "ratios": [0.5, 0.75]}, ctx)
+    b = ctx.extra["macs_budget"]
+    assert profile(model, (ctx.example_input[:1],)).macs == b["macs_after"] <= b["macs_budget"]
+    assert set(ctx.extra["width_options"]) >= {n for n, (a, c) in ctx.extra["kept_channels"].items() if c < a}
+
+
+@pytest.mark.parametrize(
+    ("stage", "needle"),
+    [
+        ({"type": "channel_prune", "ratio": 0.5, "exclude": ["conv9*"]}, "stages[0] (channel_prune).exclude: 'conv9*' matches no layer"),
+        ({"type": "channel_prune", "ratio": 0.5, "include": ["nosuch"]}, "(channel_prune).include: 'nosuch' matches no layer"),
+        ({"type": "knapsack_prune", "macs_ratio": 0.5, "include": ["nosuch"]}, "(knapsack_prune).include: 'nosuch'"),
+        ({"type": "dcp_prune", "ratio": 0.5, "exclude": ["nosuch"]}, "(dcp_prune).exclude: 'nosuch'"),
+        ({"type": "npn_prune", "exclude": ["nosuch"]}, "(npn_prune).exclude: 'nosuch'"),
+        ({"type": "sensitivity_prune", "macs_ratio": 0.5, "include": ["x.*"]}, "(sensitivity_prune).include: 'x.*'"),
+        ({"type": "channel_prune", "ratio": 0.9, "min_channels": 16}, "fewer than min_channels=16"),
+        ({"type": "dcp_prune", "ratio": 0.9, "min_channels": 16}, "(dcp_prune): channel_prune: ratio 0.9"),
+        ({"type": "knapsack_prune", "macs_ratio": 0.0001}, "(knapsack_prune).macs_ratio: 0.0001 is below"),
+        ({"type": "sensitivity_prune", "macs_ratio": 0.01, "min_channels": 16}, "would remove whole groups"),
+    ],
+)
+def test_bad_pruning_input_fails_before_any_work(stage, needle, tmp_path, monkeypatch):
+    """Unknown layer names (include/exclude) and ratios/budgets that would empty a group fail in compress
+    before the original model is even measured, naming the stage and field."""
+    from torchslim import pipeline
+    from torchslim.reports.store import RunStore
+
+    def boom(*a, **k):
+        raise AssertionError("no work may start on bad input")
+
+    monkeypatch.setattr(pipeline, "_measure_static", boom)
+    rec = Recipe.from_dict({"type": "recipe", "stages": [stage]})
+    with pytest.raises(ConfigError) as e:
+        compress(TinyNet().eval(), rec, example_input=torch.randn(2, 1, 8, 8), store=RunStore(tmp_path / "r.db"),
+                 work_dir=tmp_path / "w", progress=False)
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("stage", "needle"),
+    [
+        ({"type": "knapsack_prune", "macs_ratio": 0.0}, "recipe.stages[0].macs_ratio"),
+        ({"type": "knapsack_prune", "macs_ratio": 1.5}, "recipe.stages[0].macs_ratio"),
+        ({"type": "dcp_prune", "ratio": 1.0}, "recipe.stages[0].ratio"),
+        ({"type": "channel_prune", "ratio": -0.1}, "recipe.stages[0].ratio"),
+        ({"type": "sensitivity_prune", "macs_ratio": 0.5, "ratios": [0.5, 1.0]}, "ratios must be"),
+        ({"type": "inner_kd", "alpha": 2}, "recipe.stages[0].alpha"),
+    ],
+)
+def test_bad_ratios_of_the_new_stages_fail_at_parse_time(stage, needle):
+    with pytest.raises(ConfigError) as e:
+        Recipe.from_dict({"type": "recipe", "stages": [stage]})
+    assert needle in str(e.value)
+
+
+def test_knapsack_recipe_example_parses():
+    r = load_recipe(DEMO.parent / "knapsack.yaml")
+    assert [s.type_name for s in r.stages] == ["knapsack_prune", "inner_kd"]

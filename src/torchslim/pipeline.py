@@ -22,15 +22,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 from torch.utils.data import Dataset
 
 from torchslim.core.config import _WHERE, Config
 from torchslim.core.errors import ConfigError, TorchSlimError
 from torchslim.core.registry import STAGES
+from torchslim.pruning.dcp import DCPConfig
+from torchslim.pruning.npn import NPNConfig
 from torchslim.reports.schema import Report, StageMetrics
 from torchslim.train.trainer import TrainConfig, seed_everything
 
@@ -170,26 +173,15 @@ def _register_stages() -> None:
 
     @STAGES.register(ChannelPrune)
     def _prune(cfg: ChannelPrune, ctx: PipelineContext) -> None:
-        # data-driven criteria (hrank, taylor) score channels on a few training batches
-        batches = None
-        if ctx.train_data is not None:
-            x, y = _sample_batch(ctx.train_data, 256, ctx.seed)
-            batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
-        if ctx.train_data is not None and ctx.sensitivity_samples > 0:
-            from torchslim.bench.accuracy import top1
-            from torchslim.pruning.sensitivity import channel_sensitivity
+        batches = _calibration_batches(ctx)  # data-driven criteria (hrank, taylor) score on these
 
-            sx, sy = _sample_batch(ctx.train_data, ctx.sensitivity_samples, ctx.seed + 1)
-            probe = torch.utils.data.TensorDataset(sx, sy)
-            base, sens = channel_sensitivity(
-                ctx.model, cfg, (ctx.example_input[:1],), lambda m: top1(m, probe), data=batches
-            )
-            ctx.extra["sensitivity"] = {s.group: round(s.drop, 4) for s in sens}
-            ctx.extra["sensitivity_baseline"] = base
-        result = prune_(ctx.model, cfg, (ctx.example_input,), data=batches)
-        ctx.extra["kept_channels"] = {g.name: [g.channels_before, g.channels_after] for g in result.groups}
-        if result.skipped:
-            ctx.extra["skipped"] = [list(map(str, s)) for s in result.skipped]
+        def run(model: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+            keep = _channel_keep(model, cfg, (ctx.example_input,), batches)
+            return prune_(model, cfg, (ctx.example_input,), data=batches, keep=keep), keep
+
+        _pruning_stage(ctx, run)
+
+    _register_pruning_stages()
 
     @STAGES.register(HeadPrune)
     def _heads(cfg: HeadPrune, ctx: PipelineContext) -> None:
@@ -247,6 +239,298 @@ def _register_stages() -> None:
         ctx.onnx_path = Path(path)
 
     _register_lowbit_stages()
+
+
+# ---------------------------------------------------------------------------------------------------
+# pruning stages: every one goes through _pruning_stage (kept channels, sensitivity, channel map)
+# ---------------------------------------------------------------------------------------------------
+class DCPPrune(DCPConfig):
+    """Recipe stage ``dcp_prune``: discrimination-aware channel pruning (:func:`~torchslim.pruning.dcp.dcp_prune_`)
+    with the fields of :class:`~torchslim.pruning.dcp.DCPConfig`, on the pipeline's training data."""
+
+    type_name: ClassVar[str] = "dcp_prune"
+
+
+class NPNPrune(NPNConfig):
+    """Recipe stage ``npn_prune``: network pruning network (:func:`~torchslim.pruning.npn.npn_prune_`) with the
+    fields of :class:`~torchslim.pruning.npn.NPNConfig`, on the pipeline's training data."""
+
+    type_name: ClassVar[str] = "npn_prune"
+
+
+class SensitivityPrune(Config):
+    """Recipe stage ``sensitivity_prune``: non-uniform channel widths under a MACs budget.
+
+    Each group's sensitivity (accuracy drop on ``Recipe.sensitivity_samples`` training samples with only that
+    group pruned) is measured at every ratio in ``ratios``; a multiple-choice knapsack
+    (:func:`~torchslim.pruning.sensitivity.sensitivity_widths`) picks one width per group minimising the summed
+    drop with the pruned model's measured MACs within ``macs_ratio`` of the input's. Channels are then chosen
+    inside each group by ``importance`` as in ``channel_prune``.
+
+    YAML: ``{type: sensitivity_prune, macs_ratio: 0.5, importance: l1, round_to: 8}``
+    """
+
+    type_name: ClassVar[str] = "sensitivity_prune"
+
+    macs_ratio: float = Field(gt=0.0, le=1.0)
+    importance: str = "l1"
+    ratios: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 0.875])
+    round_to: int = Field(default=1, ge=1)
+    min_channels: int = Field(default=1, ge=1)
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    seed: int = 0
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_in_range(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < r < 1.0 for r in v):
+            raise ValueError(f"ratios must be a non-empty list of fractions in (0, 1), got {v}")
+        return v
+
+    def channel_prune(self) -> Any:
+        """The :class:`~torchslim.pruning.ChannelPrune` (ratio 0) used for the widths and the channel choice."""
+        from torchslim.pruning import ChannelPrune
+
+        return ChannelPrune(ratio=0.0, importance=self.importance, round_to=self.round_to,
+                            min_channels=self.min_channels, include=list(self.include),
+                            exclude=list(self.exclude), seed=self.seed)
+
+
+_CHANNEL_MAP = "channel_map.json"  # per stage: kept channels per group, in the ORIGINAL model's numbering
+
+
+def _calibration_batches(ctx: PipelineContext, n: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """``n`` seeded training samples in batches of 64 (``None`` without training data)."""
+    if ctx.train_data is None:
+        return None
+    x, y = _sample_batch(ctx.train_data, n, ctx.seed)
+    return [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+
+
+def _sensitivity_probe(ctx: PipelineContext) -> Callable[[nn.Module], float] | None:
+    """top-1 on ``ctx.sensitivity_samples`` seeded TRAINING samples, or ``None`` when sensitivity is off."""
+    if ctx.train_data is None or ctx.sensitivity_samples <= 0:
+        return None
+    from torchslim.bench.accuracy import top1
+
+    sx, sy = _sample_batch(ctx.train_data, ctx.sensitivity_samples, ctx.seed + 1)
+    probe = torch.utils.data.TensorDataset(sx, sy)
+    return lambda m: float(top1(m, probe))
+
+
+def _channel_keep(
+    model: nn.Module, cfg: Any, example_inputs: tuple[Any, ...], batches: Any, widths: dict[str, int] | None = None
+) -> dict[str, torch.Tensor]:
+    """The channel indices :func:`~torchslim.pruning.prune_` keeps for ``cfg`` (and ``widths``), per pruned group.
+
+    The widths come from a dry run on a copy (so include / exclude / min_channels / round_to act exactly as in
+    ``prune_``); the channels are the top ones of the same criterion, scored in the same group order with the
+    same seed. Passing the result as ``prune_(..., keep=...)`` makes the indices known to the pipeline (for
+    inner distillation and the per-group sensitivity).
+    """
+    from torchslim.pruning import prune_
+    from torchslim.pruning.importance import top_channels
+    from torchslim.pruning.structured import build_groups
+    from torchslim.pruning.structured.importance import ScoreContext, as_batches, get_criterion
+
+    dry = prune_(copy.deepcopy(model), cfg.model_copy(update={"importance": "l1"}), example_inputs, widths=widths)
+    plan = {g.name: g.channels_after for g in dry.groups if g.channels_after < g.channels_before}
+    groups = [g for g in build_groups(model, example_inputs) if g.name in plan]
+    if not groups:
+        return {}
+    sctx = ScoreContext(data=as_batches(batches), generator=torch.Generator().manual_seed(cfg.seed))
+    scores = get_criterion(cfg.importance)(model, groups, sctx)
+    return {g.name: top_channels(s, plan[g.name]) for g, s in zip(groups, scores, strict=True)}
+
+
+def _keep_sensitivity(
+    parent: nn.Module, keep: dict[str, torch.Tensor], example_inputs: tuple[Any, ...],
+    evaluate: Callable[[nn.Module], float],
+) -> tuple[float, dict[str, float]]:
+    """Baseline score and, per group, the drop with ONLY that group cut to exactly its kept channels."""
+    from torchslim.pruning import ChannelPrune, prune_
+
+    base = float(evaluate(parent))
+    drops: dict[str, float] = {}
+    for name, idx in keep.items():
+        m = copy.deepcopy(parent)
+        prune_(m, ChannelPrune(ratio=0.0), example_inputs, keep={name: idx})
+        drops[name] = round(base - float(evaluate(m)), 4)
+    return base, dict(sorted(drops.items(), key=lambda kv: -kv[1]))
+
+
+def _load_channel_map(ctx: PipelineContext) -> dict[str, list[int]]:
+    """Kept channels per group (original numbering) after the latest pruning stage before this one."""
+    for i in range(ctx.stage_index - 1, 0, -1):
+        f = ctx.work_dir / f"stage{i}" / _CHANNEL_MAP
+        if f.is_file():
+            data: dict[str, list[int]] = json.loads(f.read_text())
+            return data
+    return {}
+
+
+def _pruning_stage(ctx: PipelineContext, run: Callable[[nn.Module], tuple[Any, dict[str, torch.Tensor]]]) -> None:
+    """Run one pruning method and record what every pruning stage reports.
+
+    ``run(model)`` prunes ``model`` in place and returns ``(PruneResult, kept indices per group)``. Recorded in
+    ``ctx.extra``: ``kept_channels`` (group -> [before, after]), ``sensitivity`` (group -> top-1 drop on training
+    samples with only that group cut to exactly the kept channels) and ``sensitivity_baseline``, ``skipped``;
+    and, in the stage folder, the channel map in the original model's numbering (read by ``inner_kd``).
+    """
+    evaluate = _sensitivity_probe(ctx)
+    parent = copy.deepcopy(ctx.model).eval() if evaluate is not None else None
+    result, keep = run(ctx.model)
+    ctx.extra["kept_channels"] = {g.name: [g.channels_before, g.channels_after] for g in result.groups}
+    if result.skipped:
+        ctx.extra["skipped"] = [list(map(str, s)) for s in result.skipped]
+    pruned = {n: k for n, k in keep.items() if n in ctx.extra["kept_channels"]
+              and len(k) < ctx.extra["kept_channels"][n][0]}
+    if parent is not None and evaluate is not None and pruned:
+        base, drops = _keep_sensitivity(parent, pruned, (ctx.example_input[:1],), evaluate)
+        ctx.extra["sensitivity"] = drops
+        ctx.extra["sensitivity_baseline"] = base
+    cmap = _load_channel_map(ctx)
+    for name, idx in pruned.items():
+        prev = cmap.get(name)
+        cmap[name] = [prev[i] for i in idx.tolist()] if prev is not None else idx.tolist()
+    (ctx.stage_dir() / _CHANNEL_MAP).write_text(json.dumps(cmap))
+
+
+def _register_pruning_stages() -> None:
+    """knapsack_prune, dcp_prune, npn_prune, sensitivity_prune and the inner_kd recovery stage."""
+    from torchslim.pruning import prune_
+    from torchslim.pruning.dcp import dcp_prune_
+    from torchslim.pruning.knapsack import (
+        InnerKD,
+        KnapsackPrune,
+        default_taps,
+        inner_distill,
+        knapsack_prune_,
+    )
+    from torchslim.pruning.npn import npn_prune_
+    from torchslim.pruning.sensitivity import sensitivity_widths
+
+    @STAGES.register(KnapsackPrune)
+    def _knapsack(cfg: KnapsackPrune, ctx: PipelineContext) -> None:
+        batches = _calibration_batches(ctx)
+        if batches is None:
+            ctx.need_train_data(cfg.type_name)
+
+        def run(model: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+            r = knapsack_prune_(model, cfg, (ctx.example_input[:1],), batches or [])
+            ctx.extra["macs_budget"] = {"macs_ratio": cfg.macs_ratio, "macs_budget": r.budget,
+                                   "macs_before": r.macs_before, "macs_after": r.macs_after}
+            return r.prune, r.keep
+
+        _pruning_stage(ctx, run)
+
+    @STAGES.register(DCPPrune)
+    def _dcp(cfg: DCPPrune, ctx: PipelineContext) -> None:
+        data = ctx.need_train_data(cfg.type_name)
+
+        def run(model: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+            r = dcp_prune_(model, cfg, data, (ctx.example_input[:1],), progress=ctx.progress)
+            if r.skipped:
+                ctx.extra["dcp_left_intact"] = [list(map(str, s)) for s in r.skipped]
+            return r.prune, r.keep
+
+        _pruning_stage(ctx, run)
+
+    @STAGES.register(NPNPrune)
+    def _npn(cfg: NPNPrune, ctx: PipelineContext) -> None:
+        data = ctx.need_train_data(cfg.type_name)
+
+        def run(model: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+            r = npn_prune_(model, cfg, data, (ctx.example_input[:1],), progress=ctx.progress)
+            return r.prune, r.keep
+
+        _pruning_stage(ctx, run)
+
+    @STAGES.register(SensitivityPrune)
+    def _sens(cfg: SensitivityPrune, ctx: PipelineContext) -> None:
+        ctx.need_train_data(cfg.type_name)
+        evaluate = _sensitivity_probe(ctx)
+        if evaluate is None:
+            raise ConfigError("sensitivity_prune measures each group's sensitivity: set recipe.sensitivity_samples > 0")
+        batches = _calibration_batches(ctx)
+        cp = cfg.channel_prune()
+        ex = (ctx.example_input[:1],)
+
+        def run(model: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+            plan = sensitivity_widths(model, cp, ex, evaluate, cfg.macs_ratio, tuple(cfg.ratios), data=batches)
+            ctx.extra["macs_budget"] = {"macs_ratio": cfg.macs_ratio, "macs_budget": plan.budget,
+                                   "macs_before": plan.macs_before, "macs_after": plan.macs_after}
+            ctx.extra["width_options"] = {g: [[w, round(d, 4), m] for w, d, m in opts]
+                                          for g, opts in plan.options.items()}
+            keep = _channel_keep(model, cp, ex, batches, widths=plan.widths)
+            return prune_(model, cp, ex, data=batches, keep=keep), keep
+
+        _pruning_stage(ctx, run)
+
+    @STAGES.register(InnerKD)
+    def _inner_kd(cfg: InnerKD, ctx: PipelineContext) -> None:
+        data = ctx.need_train_data(cfg.type_name)
+        cmap = {n: torch.tensor(v, dtype=torch.long) for n, v in _load_channel_map(ctx).items()}
+        taps: dict[str, torch.Tensor | None] = dict(default_taps(ctx.original, (ctx.example_input[:1],), cmap))
+        ctx.extra["inner_taps"] = sorted(taps)
+        if not taps:
+            ctx.extra["note"] = "no pruning stage before inner_kd: no inner features to match (logit KD only)"
+        res = inner_distill(ctx.model, ctx.original, data, cfg, taps, progress=ctx.progress)
+        ctx.extra["train_steps"] = res.steps
+
+
+def _check_patterns(at: str, cfg: Any, paths: list[str]) -> None:
+    import fnmatch
+
+    for kind in ("include", "exclude"):
+        for pat in getattr(cfg, kind, None) or []:
+            if not any(fnmatch.fnmatchcase(x, pat) for x in paths):
+                raise ConfigError(
+                    f"{at}.{kind}: {pat!r} matches no layer of the model; layer names look like {paths[:6]} "
+                    "(glob patterns on module paths, e.g. 'layer1.*')"
+                )
+
+
+def _preflight(recipe: Recipe, model: nn.Module, example_input: torch.Tensor) -> None:
+    """Check every pruning stage against the model BEFORE any work (measurement, training, pruning).
+
+    Fails with a :class:`ConfigError` naming the stage and field for: an include / exclude pattern matching no
+    layer; a channel_prune / dcp_prune ratio that leaves some group fewer than ``min_channels`` channels; a
+    knapsack_prune / sensitivity_prune MACs budget below what one channel (``min_channels``) per group costs.
+    Later stages are checked against the input model (their own input is only known when they run).
+    """
+    from torchslim.core.cost import profile
+    from torchslim.pruning import ChannelPrune, prune_
+    from torchslim.pruning.api import PruneError
+    from torchslim.pruning.knapsack import KnapsackPrune
+
+    paths = [n for n, _ in model.named_modules() if n]
+    ex = (example_input[:1],)
+    for i, cfg in enumerate(recipe.stages):
+        at = f"recipe.stages[{i}] ({cfg.type_name})"
+        _check_patterns(at, cfg, paths)
+        if not isinstance(cfg, ChannelPrune | DCPPrune | KnapsackPrune | SensitivityPrune):
+            continue
+        min_ch = getattr(cfg, "min_channels", 1)
+        ratio = getattr(cfg, "ratio", 0.0)
+        dry = ChannelPrune(ratio=ratio, round_to=getattr(cfg, "round_to", 1), min_channels=min_ch,
+                           include=list(cfg.include), exclude=list(cfg.exclude))
+        try:
+            res = prune_(copy.deepcopy(model), dry, ex)
+            if isinstance(cfg, KnapsackPrune | SensitivityPrune):
+                smallest = {g.name: min(min_ch, g.channels_before) for g in res.groups}
+                trial = copy.deepcopy(model)
+                prune_(trial, dry.model_copy(update={"ratio": 0.0}), ex, widths=smallest)
+                full, least = profile(model, ex).macs, profile(trial, ex).macs
+                if least > cfg.macs_ratio * full:
+                    raise ConfigError(
+                        f"{at}.macs_ratio: {cfg.macs_ratio} is below what keeping {min_ch} channel(s) in every "
+                        f"prunable group already costs ({least / full:.1%} of the MACs): it would remove whole "
+                        "groups; raise macs_ratio or prune more layers (include / exclude)"
+                    )
+        except PruneError as e:
+            raise ConfigError(f"{at}: {e}") from None
 
 
 def _register_lowbit_stages() -> None:
@@ -585,6 +869,7 @@ def compress(
         n = min(recipe.latency_batch, len(source))  # type: ignore[arg-type]
         example_input = torch.stack([source[i][0] for i in range(n)])
     eval_set = _subset(eval_data, recipe.eval_limit)
+    _preflight(recipe, model, example_input)  # bad pruning input fails here, before any work
 
     from torchslim.zoo import spec_of
 

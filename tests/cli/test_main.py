@@ -139,3 +139,101 @@ def test_quantize_help_lists_methods_and_options():
     out = runner.invoke(app, ["quantize", "--help"], terminal_width=200).output
     for word in ("zeroq", "pwlq", "multipoint", "--data-free", "--budget", "size=150KB"):
         assert word in out
+
+
+# ---------------------------------------------------------------------------------------------------
+# torchslim prune: methods -> recipe stages; bad input before any work
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({}, [{"type": "channel_prune", "ratio": 0.5, "importance": "l1", "round_to": 16}, {"type": "hinton_kd"}]),
+        ({"method": "taylor", "ratio": 0.3, "distill_epochs": 0}, [{"type": "channel_prune", "ratio": 0.3}]),
+        ({"method": "l1", "macs": 0.5, "round_to": 8}, [{"type": "sensitivity_prune", "macs_ratio": 0.5,
+                                                         "round_to": 8}, {"type": "hinton_kd"}]),
+        ({"method": "knapsack", "distill": "inner"}, [{"type": "knapsack_prune", "macs_ratio": 0.5},
+                                                      {"type": "inner_kd"}]),
+        ({"method": "knapsack", "macs": 0.3, "exclude": ["fc"]}, [{"type": "knapsack_prune", "macs_ratio": 0.3,
+                                                                    "exclude": ["fc"]}, {"type": "hinton_kd"}]),
+        ({"method": "dcp", "ratio": 0.25, "distill_epochs": 0}, [{"type": "dcp_prune", "ratio": 0.25}]),
+        ({"method": "npn", "sparsity": 2.0, "distill_epochs": 0}, [{"type": "npn_prune", "sparsity": 2.0}]),
+    ],
+)
+def test_prune_options_map_to_recipe_stages(args, expected):
+    """Every `torchslim prune` method is a recipe stage (exact fields) followed by the chosen distillation."""
+    from torchslim.cli.main import prune_stages
+    from torchslim.pipeline import Recipe
+
+    stages = prune_stages(**args)
+    assert [s["type"] for s in stages] == [e["type"] for e in expected]
+    for s, e in zip(stages, expected, strict=True):
+        assert {k: s[k] for k in e} == e
+    rec = Recipe.from_dict({"type": "recipe", "stages": stages})
+    assert [s.type_name for s in rec.stages] == [e["type"] for e in expected]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--method", "knapsack", "--ratio", "0.5"], "use --macs"),
+        (["--ratio", "0.5", "--macs", "0.5"], "not both"),
+        (["--method", "knapsack", "--macs", "1.5"], "options.stages[0].macs_ratio"),
+        (["--macs", "0"], "options.stages[0].macs_ratio"),
+        (["--method", "dcp", "--ratio", "1.0"], "options.stages[0].ratio"),
+        (["--ratio", "-0.2"], "options.stages[0].ratio"),
+        (["--method", "npn", "--ratio", "0.5"], "--sparsity"),
+        (["--distill", "magic"], "options.distill"),
+    ],
+)
+def test_prune_rejects_bad_method_options_before_loading(args, needle, tmp_path, monkeypatch):
+    import torchslim.zoo as zoo
+
+    def boom(*a, **k):
+        raise AssertionError("nothing may be loaded for invalid options")
+
+    monkeypatch.setattr(zoo, "load", boom)
+    res = runner.invoke(app, ["prune", *args, "--runs-db", str(tmp_path / "r.db")])
+    assert res.exit_code != 0
+    assert needle in str(res.exception) + res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--exclude", "layer9.*"], "stages[0] (channel_prune).exclude: 'layer9.*' matches no layer"),
+        (["--method", "knapsack", "--include", "nosuch"], "(knapsack_prune).include: 'nosuch' matches no layer"),
+        (["--method", "dcp", "--exclude", "nosuch"], "(dcp_prune).exclude: 'nosuch'"),
+        (["--method", "npn", "--include", "nosuch"], "(npn_prune).include: 'nosuch'"),
+        (["--macs", "0.5", "--exclude", "nosuch"], "(sensitivity_prune).exclude: 'nosuch'"),
+        (["--ratio", "0.9", "--round-to", "1", "--min-channels", "8"], "fewer than min_channels=8"),
+        (["--method", "knapsack", "--macs", "0.0001"], "would remove whole groups"),
+    ],
+)
+def test_prune_rejects_unknown_layers_and_group_emptying_ratios_before_any_work(args, needle, tmp_path,
+                                                                                monkeypatch):
+    """Checked against the model itself (an untrained zoo ResNet here), before the original is measured."""
+    import torch
+
+    import torchslim.zoo as zoo
+    from torchslim import pipeline
+
+    def tiny(name, **k):
+        torch.manual_seed(0)
+        return zoo.build(name)
+
+    def boom(*a, **k):
+        raise AssertionError("no work may start on bad input")
+
+    monkeypatch.setattr(zoo, "load", tiny)
+    monkeypatch.setattr(pipeline, "_measure_static", boom)
+    res = runner.invoke(app, ["prune", *args, "--runs-db", str(tmp_path / "r.db"), "--work-dir", str(tmp_path / "w"),
+                              "--no-progress"])
+    assert res.exit_code != 0
+    assert needle in str(res.exception) + res.output
+    assert "AssertionError" not in repr(res.exception)
+
+
+def test_prune_help_lists_the_new_methods():
+    out = runner.invoke(app, ["prune", "--help"], terminal_width=200).output
+    for word in ("knapsack", "dcp", "npn", "--macs", "--distill", "--exclude", "--min-channels"):
+        assert word in out

@@ -143,13 +143,100 @@ RunsOpt = Annotated[Path | None, typer.Option(help="Run store (SQLite) path.")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="Threads for PyTorch and ONNX Runtime.")]
 
 
+#: ``--method`` values of ``torchslim prune``: channel criteria (uniform ``--ratio``, or non-uniform widths from
+#: sensitivity with ``--macs``) and the one-step pruning methods
+PRUNE_CRITERIA = ("l1", "l2", "random", "bn_scale", "taylor", "hrank", "activation_density", "feature_relevance")
+PRUNE_METHODS = (*PRUNE_CRITERIA, "knapsack", "dcp", "npn")
+
+
+def prune_stages(
+    method: str = "l1",
+    ratio: float | None = None,
+    macs: float | None = None,
+    round_to: int = 16,
+    min_channels: int = 1,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    sparsity: float = 1.0,
+    distill: str = "hinton",
+    distill_epochs: int = 1,
+) -> list[dict[str, object]]:
+    """The recipe stages (dicts) that ``torchslim prune`` runs for these options.
+
+    * a criterion with ``--ratio`` (default 0.5) -> ``channel_prune`` (uniform ratio per group);
+    * a criterion with ``--macs`` -> ``sensitivity_prune`` (non-uniform widths from per-group sensitivity);
+    * ``knapsack`` -> ``knapsack_prune`` (``--macs``, default 0.5); ``dcp`` -> ``dcp_prune`` (``--ratio``);
+      ``npn`` -> ``npn_prune`` (``--sparsity``);
+    * then ``hinton_kd`` or ``inner_kd`` (``--distill inner``) for ``--distill-epochs`` epochs.
+
+    Raises :class:`ConfigError` for an unknown method or an option the method does not take.
+
+    >>> [s["type"] for s in prune_stages("knapsack", macs=0.5, distill="inner")]
+    ['knapsack_prune', 'inner_kd']
+    >>> prune_stages("l1", macs=0.5, distill_epochs=0)[0]["type"]
+    'sensitivity_prune'
+    """
+    from torchslim.core.errors import ConfigError
+
+    if method not in PRUNE_METHODS:
+        raise ConfigError(f"options.method: unknown method {method!r} (allowed: {', '.join(PRUNE_METHODS)})")
+    if distill not in ("hinton", "inner"):
+        raise ConfigError(f"options.distill: {distill!r} is not a distillation (allowed: hinton, inner)")
+    if distill_epochs < 0:
+        raise ConfigError(f"options.distill_epochs: must be >= 0, got {distill_epochs}")
+    if ratio is not None and macs is not None:
+        raise ConfigError("options: give --ratio (uniform per group) or --macs (a MACs budget), not both")
+    sel: dict[str, object] = {}
+    if include:
+        sel["include"] = list(include)
+    if exclude:
+        sel["exclude"] = list(exclude)
+    stage: dict[str, object]
+    if method == "knapsack":
+        if ratio is not None:
+            raise ConfigError("options.ratio: knapsack prunes to a MACs budget; use --macs (e.g. --macs 0.5)")
+        stage = {"type": "knapsack_prune", "macs_ratio": 0.5 if macs is None else macs, **sel}
+    elif method == "npn":
+        if ratio is not None or macs is not None:
+            raise ConfigError("options: npn learns the widths; set the penalty with --sparsity, not --ratio/--macs")
+        stage = {"type": "npn_prune", "sparsity": sparsity, "min_channels": min_channels, **sel}
+    elif method == "dcp":
+        if macs is not None:
+            raise ConfigError("options.macs: dcp prunes a ratio per layer; use --ratio")
+        stage = {"type": "dcp_prune", "ratio": 0.5 if ratio is None else ratio, "min_channels": min_channels, **sel}
+    elif macs is not None:
+        stage = {"type": "sensitivity_prune", "macs_ratio": macs, "importance": method, "round_to": round_to,
+                 "min_channels": min_channels, **sel}
+    else:
+        stage = {"type": "channel_prune", "ratio": 0.5 if ratio is None else ratio, "importance": method,
+                 "round_to": round_to, "min_channels": min_channels, **sel}
+    stages = [stage]
+    if distill_epochs > 0:
+        train = {"epochs": distill_epochs, "lr": 0.05, "schedule": "onecycle"}
+        if distill == "inner":
+            stages.append({"type": "inner_kd", "temperature": 2.0, "alpha": 0.5, "beta": 1.0, "train": train})
+        else:
+            stages.append({"type": "hinton_kd", "temperature": 2.0, "alpha": 0.5, "train": train})
+    return stages
+
+
 @app.command()
 def prune(
     model: ModelOpt = "resnet-fmnist",
-    method: Annotated[str, typer.Option(help="Channel importance: l1, l2, random, bn_scale, taylor, hrank.")] = "l1",
-    ratio: Annotated[float, typer.Option(help="Fraction of each dependency group's channels to remove, in [0, 1).")] = 0.5,
+    method: Annotated[str, typer.Option(help="Criterion (l1, l2, random, bn_scale, taylor, hrank, "
+                                        "activation_density, feature_relevance) or method (knapsack, dcp, npn).")] = "l1",
+    ratio: Annotated[float | None, typer.Option(help="Fraction of each group's channels to remove, in [0, 1) "
+                                                "(criteria and dcp; default 0.5).")] = None,
+    macs: Annotated[float | None, typer.Option(help="MACs budget as a fraction of the model's, in (0, 1]: knapsack "
+                                               "(default 0.5), or with a criterion non-uniform widths chosen "
+                                               "from per-group sensitivity.")] = None,
     round_to: Annotated[int, typer.Option(help="Keep channel counts in multiples of this (fast runtime kernels want 16).")] = 16,
-    distill_epochs: Annotated[int, typer.Option(help="Epochs of Hinton KD from the original afterwards (0: none).")] = 1,
+    min_channels: Annotated[int, typer.Option(help="Fail before any work if a group would keep fewer channels.")] = 1,
+    include: Annotated[list[str] | None, typer.Option(help="Only prune groups of these layers (glob, repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Leave groups touching these layers intact (glob, repeatable).")] = None,
+    sparsity: Annotated[float, typer.Option(help="npn: weight of the gate sparsity penalty.")] = 1.0,
+    distill: Annotated[str, typer.Option(help="Recovery: hinton (logit KD) or inner (Knapsack paper's inner KD).")] = "hinton",
+    distill_epochs: Annotated[int, typer.Option(help="Epochs of distillation from the original afterwards (0: none).")] = 1,
     data: DataOpt = None,
     report_dir: ReportOpt = None,
     export_dir: ExportOpt = None,
@@ -158,14 +245,17 @@ def prune(
     threads: ThreadsOpt = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Structured channel pruning (channels physically removed), then optional distillation to recover."""
+    """Structured pruning (channels physically removed), then optional distillation to recover.
+
+    Every option maps to recipe stages (see `docs/pruning.md`); bad options and layer names fail before any work.
+    """
     from torchslim.pipeline import Recipe
 
-    stages: list[dict[str, object]] = [{"type": "channel_prune", "ratio": ratio, "importance": method, "round_to": round_to}]
-    if distill_epochs > 0:
-        stages.append({"type": "hinton_kd", "temperature": 2.0, "alpha": 0.5,
-                       "train": {"epochs": distill_epochs, "lr": 0.05, "schedule": "onecycle"}})
-    rec = Recipe.from_dict({"type": "recipe", "name": f"prune-{method}-{ratio}", "stages": stages}, where="options")
+    stages = prune_stages(method, ratio, macs, round_to, min_channels, include, exclude, sparsity, distill,
+                          distill_epochs)
+    budget = f"macs{macs}" if macs is not None else f"{ratio if ratio is not None else ''}"
+    rec = Recipe.from_dict({"type": "recipe", "name": f"prune-{method}-{budget}".rstrip("-"), "stages": stages},
+                           where="options")
     _run_recipe(rec, model, data, report_dir, export_dir, work_dir, runs_db, False, None, threads, progress, label="prune")
 
 
