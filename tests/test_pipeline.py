@@ -324,18 +324,17 @@ def _chain() -> nn.Sequential:
 
 
 @pytest.mark.parametrize("importance", ["l1", "random", "bn_scale"])
-def test_channel_keep_reproduces_prune_exactly(importance):
-    """The indices the pipeline computes (for inner KD and sensitivity) give the same pruned model as plain
-    prune_ (metric: every state-dict tensor equal, tolerance 0)."""
-    from torchslim.pipeline import _channel_keep
+def test_kept_indices_reproduce_prune_exactly(importance):
+    """The kept indices prune_ reports (used for inner KD and sensitivity) rebuild the same pruned model through
+    prune_(keep=...) (metric: every state-dict tensor equal, tolerance 0)."""
+    from torchslim.pipeline import _kept_indices
     from torchslim.pruning import ChannelPrune, prune_
 
     ref, ours = _resnet(), _resnet()
     cfg = ChannelPrune(ratio=0.4, importance=importance, round_to=8, exclude=["layer3.1.*"], seed=3)
     x = (torch.randn(1, 1, 28, 28),)
-    prune_(ref, cfg, x)
-    keep = _channel_keep(ours, cfg, x, None)
-    prune_(ours, cfg, x, keep=keep)
+    keep = _kept_indices(prune_(ref, cfg, x))
+    prune_(ours, ChannelPrune(ratio=0.0), x, keep=keep)
     assert keep and all(len(k) < 128 for k in keep.values())
     a, b = ref.state_dict(), ours.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

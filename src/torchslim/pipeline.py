@@ -176,8 +176,8 @@ def _register_stages() -> None:
         batches = _calibration_batches(ctx)  # data-driven criteria (hrank, taylor) score on these
 
         def run(model: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
-            keep = _channel_keep(model, cfg, (ctx.example_input,), batches)
-            return prune_(model, cfg, (ctx.example_input,), data=batches, keep=keep), keep
+            res = prune_(model, cfg, (ctx.example_input,), data=batches)
+            return res, _kept_indices(res)
 
         _pruning_stage(ctx, run)
 
@@ -319,29 +319,10 @@ def _sensitivity_probe(ctx: PipelineContext) -> Callable[[nn.Module], float] | N
     return lambda m: float(top1(m, probe))
 
 
-def _channel_keep(
-    model: nn.Module, cfg: Any, example_inputs: tuple[Any, ...], batches: Any, widths: dict[str, int] | None = None
-) -> dict[str, torch.Tensor]:
-    """The channel indices :func:`~torchslim.pruning.prune_` keeps for ``cfg`` (and ``widths``), per pruned group.
-
-    The widths come from a dry run on a copy (so include / exclude / min_channels / round_to act exactly as in
-    ``prune_``); the channels are the top ones of the same criterion, scored in the same group order with the
-    same seed. Passing the result as ``prune_(..., keep=...)`` makes the indices known to the pipeline (for
-    inner distillation and the per-group sensitivity).
-    """
-    from torchslim.pruning import prune_
-    from torchslim.pruning.importance import top_channels
-    from torchslim.pruning.structured import build_groups
-    from torchslim.pruning.structured.importance import ScoreContext, as_batches, get_criterion
-
-    dry = prune_(copy.deepcopy(model), cfg.model_copy(update={"importance": "l1"}), example_inputs, widths=widths)
-    plan = {g.name: g.channels_after for g in dry.groups if g.channels_after < g.channels_before}
-    groups = [g for g in build_groups(model, example_inputs) if g.name in plan]
-    if not groups:
-        return {}
-    sctx = ScoreContext(data=as_batches(batches), generator=torch.Generator().manual_seed(cfg.seed))
-    scores = get_criterion(cfg.importance)(model, groups, sctx)
-    return {g.name: top_channels(s, plan[g.name]) for g, s in zip(groups, scores, strict=True)}
+def _kept_indices(result: Any) -> dict[str, torch.Tensor]:
+    """The channel indices each pruned group of a :class:`~torchslim.pruning.PruneResult` kept (for inner
+    distillation and the per-group sensitivity)."""
+    return {g.name: torch.tensor(g.kept, dtype=torch.long) for g in result.groups if g.channels_after < g.channels_before}
 
 
 def _keep_sensitivity(
@@ -463,8 +444,8 @@ def _register_pruning_stages() -> None:
                                    "macs_before": plan.macs_before, "macs_after": plan.macs_after}
             ctx.extra["width_options"] = {g: [[w, round(d, 4), m] for w, d, m in opts]
                                           for g, opts in plan.options.items()}
-            keep = _channel_keep(model, cp, ex, batches, widths=plan.widths)
-            return prune_(model, cp, ex, data=batches, keep=keep), keep
+            res = prune_(model, cp, ex, data=batches, widths=plan.widths)
+            return res, _kept_indices(res)
 
         _pruning_stage(ctx, run)
 

@@ -82,6 +82,7 @@ class GroupInfo:
     channels_before: int
     channels_after: int
     members: tuple[str, ...]
+    kept: tuple[int, ...] = ()  # the kept channel indices, in the group's numbering before pruning
 
 
 @dataclass
@@ -256,7 +257,9 @@ def prune_(
                     mod = model.get_submodule(m.path)
                     new = m.handler.prune_in(mod, idx) if m.role == "in" else m.handler.prune_out(mod, idx)
                     model.set_submodule(m.path, new)
-            result.groups.append(GroupInfo(g.name, g.channels, len(chosen), tuple(str(m) for m in g.members)))
+            result.groups.append(
+                GroupInfo(g.name, g.channels, len(chosen), tuple(str(m) for m in g.members), tuple(chosen.tolist()))
+            )
     result.params_after = count_params(model)
     return result
 
