@@ -158,3 +158,15 @@ def test_sensitivity_table_in_markdown_html_json(tmp_path):
     page = paths["html"].read_text()
     assert "<td>stem.0</td>" in page and 'alt="per-layer sensitivity"' in page
     assert json.loads(paths["json"].read_text())["stages"][1]["extra"]["sensitivity_table"]["fc"]["bits"] == 4
+
+
+def test_pruning_method_details_are_rendered():
+    """The details the new pruning stages record (MACs budget, DCP's untouched groups, inner-KD taps, notes)
+    appear in the markdown report."""
+    st = StageMetrics(name="1. knapsack_prune", accuracy=0.9, params=1, macs=1, size_bytes=1, seconds=0.1,
+                      extra={"macs_budget": {"macs_ratio": 0.5, "macs_before": 1000, "macs_after": 498},
+                             "dcp_left_intact": [["layer1", "residual stream"]],
+                             "inner_taps": ["bn1", "layer1.0.bn1"], "note": "logit KD only"})
+    md = to_markdown(Report(title="t", stages=[st]))
+    assert "0.5 of the input: 498 of 1,000 MACs" in md
+    assert "layer1 residual stream" in md and "bn1, layer1.0.bn1" in md and "logit KD only" in md

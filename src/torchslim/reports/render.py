@@ -159,6 +159,16 @@ def _details(report: Report) -> list[tuple[str, list[tuple[str, str]]]]:
         items += _quant_items(st)
         if st.extra.get("skipped"):
             items.append(("left intact (not understood)", "; ".join(" ".join(x) for x in st.extra["skipped"])))
+        mb = st.extra.get("macs_budget")
+        if isinstance(mb, dict):
+            items.append(("MACs budget", f"{mb.get('macs_ratio')} of the input: {int(mb.get('macs_after') or 0):,} "
+                                         f"of {int(mb.get('macs_before') or 0):,} MACs"))
+        if st.extra.get("dcp_left_intact"):
+            items.append(("left intact by DCP", "; ".join(" ".join(x) for x in st.extra["dcp_left_intact"])))
+        if st.extra.get("inner_taps"):
+            items.append(("inner distillation taps (original model)", ", ".join(map(str, st.extra["inner_taps"]))))
+        if st.extra.get("note"):
+            items.append(("note", str(st.extra["note"])))
         if st.extra.get("train_steps"):
             items.append(("training steps", str(st.extra["train_steps"])))
         if items:
