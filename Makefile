@@ -37,7 +37,7 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 BENCHMARKS := ptq_vs_ort mobilenet_ptq minilm_int8 low_bit_weights zeroq qlstm calibration_cost lsbq_qat \
-  channel_pruning tp_compare pruning_methods pruning_dcp_npn pruning_in_training apqnn leo \
+  channel_pruning tp_compare mobilenet_prune pruning_methods pruning_dcp_npn pruning_in_training apqnn leo \
   distill_cnn residual_kd lfme self_distill kd_diagnostics minilm_distill twinbert
 
 bench: $(BENCH_STAMP)  ## every benchmark in its --quick mode (minutes each); `make bench-full` for the full runs
