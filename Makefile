@@ -38,7 +38,7 @@ test-slow: setup
 
 BENCHMARKS := ptq_vs_ort mobilenet_ptq minilm_int8 low_bit_weights zeroq qlstm calibration_cost lsbq_qat \
   channel_pruning tp_compare mobilenet_prune pruning_methods pruning_dcp_npn pruning_in_training apqnn leo \
-  distill_cnn residual_kd lfme self_distill kd_diagnostics minilm_distill twinbert
+  minilm_prune distill_cnn residual_kd lfme self_distill kd_diagnostics minilm_distill twinbert
 
 bench: $(BENCH_STAMP)  ## every benchmark in its --quick mode (minutes each); `make bench-full` for the full runs
 	set -e; for b in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$b --quick; done
