@@ -21,6 +21,8 @@ from torchslim.distillation.methods.twinbert import (
     TwinDistill,
     WeightedPooling,
     calibrate_crossing,
+    finetune_teacher,
+    mine_hard_negatives,
     train_teacher_head,
     twinbert_distill,
     twinbert_loss,
@@ -285,3 +287,88 @@ def test_teacher_is_a_joint_encoder_and_inputs_are_checked() -> None:
         train_teacher_head(teacher, QUERIES[:2], DOCS[:2], [0.0, 2.0])
     with pytest.raises(ConfigError, match="as many queries as documents"):
         twinbert_distill(twin(), teacher, QUERIES, DOCS, progress=False)
+
+
+def test_mine_hard_negatives_matches_brute_force() -> None:
+    # metric: exact index equality with a Python loop over cosine similarities (self excluded)
+    g = torch.Generator().manual_seed(0)
+    q, d = torch.randn(6, 5, generator=g), torch.randn(9, 5, generator=g)
+    got = mine_hard_negatives(q, d, k=3)
+    for i in range(6):
+        sims = [(float(F.cosine_similarity(q[i], d[j], dim=0)), j) for j in range(9) if j != i]
+        want = [j for _, j in sorted(sims, reverse=True)[:3]]
+        assert got[i].tolist() == want
+    assert 0 in mine_hard_negatives(d[:1] * 2, d, k=1, exclude_self=False)[0].tolist()
+    with pytest.raises(ConfigError, match="k must be in 1..8"):
+        mine_hard_negatives(q, d, k=9)
+
+
+def test_finetune_teacher_trains_top_layers_only_and_fits_labels() -> None:
+    # metric: BCE on the training pairs must drop by >= 30%; frozen parameters bit-identical
+    teacher = CrossEncoderTeacher(tiny_bert(layers=2, seed=5), hidden=16, max_length=32, tokenizer=TOK)
+    qs = [QUERIES[i % 4] for i in range(16)]
+    ds = [DOCS[(i * 3) % 5] for i in range(16)]
+    labels = torch.tensor([float(i % 4 == (i * 3) % 5) for i in range(16)])
+    before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+
+    def loss() -> float:
+        return float(F.binary_cross_entropy_with_logits(teacher.score_pairs(qs, ds), labels))
+
+    start = loss()
+    cfg = TrainConfig(epochs=15, batch_size=8, lr=1e-2, optimizer="adamw", schedule="constant", seed=0)
+    result = finetune_teacher(teacher, qs, ds, labels, cfg, train_layers=1)
+    assert result.steps == 30
+    assert loss() < 0.7 * start, (start, loss())
+    after = teacher.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("bert.encoder.layer.1.") for k in changed)
+    assert any(k.startswith("head.") for k in changed)
+    assert not any(k.startswith(("bert.encoder.layer.0.", "bert.embeddings.")) for k in changed)
+    assert all(p.requires_grad for p in teacher.parameters())  # flags restored
+    assert not teacher.training
+    with pytest.raises(ConfigError, match="train_layers must be in 1..2"):
+        finetune_teacher(teacher, qs, ds, labels, cfg, train_layers=3)
+    with pytest.raises(ConfigError, match="16 queries, 16 documents and 2 labels"):
+        finetune_teacher(teacher, qs, ds, [0.0, 1.0])
+
+
+def test_bi_encoder_skip_adds_separate_pass_cosine_term() -> None:
+    # metric: max abs difference to a hand computation (separate passes, mean pooling, cosine), tol 1e-5;
+    # the cosine term is fitted by logistic regression: its BCE gradient is ~0 (tol 1e-3)
+    bert = tiny_bert(seed=5)
+    teacher = CrossEncoderTeacher(bert, hidden=8, max_length=32, tokenizer=TOK, bi_encoder_skip=True)
+    plain = CrossEncoderTeacher(bert, hidden=8, max_length=32, tokenizer=TOK)
+    plain.head.load_state_dict(
+        {k: v for k, v in teacher.head.state_dict().items() if k.startswith("mlp.")}, strict=False
+    )
+    got = teacher.score_pairs(QUERIES[:3], DOCS[:3])
+    skip = teacher.head.skip
+    assert skip is not None
+    with torch.no_grad():
+
+        def emb(texts: list[str]) -> torch.Tensor:
+            x = TOK(texts, max_length=32)
+            h = bert(input_ids=x["input_ids"], attention_mask=x["attention_mask"])[0]
+            m = x["attention_mask"].unsqueeze(-1).float()
+            return (h * m).sum(1) / m.sum(1)
+
+        cos = F.cosine_similarity(emb(QUERIES[:3]), emb(DOCS[:3]), dim=-1)
+        want = (
+            plain.score_pairs(QUERIES[:3], DOCS[:3])
+            + skip.weight[0, 0] * cos
+            + skip.bias[0]
+        )
+    assert torch.allclose(got, want, atol=1e-5)
+    qs = [QUERIES[i % 4] for i in range(12)]
+    ds = [DOCS[(i * 3) % 5] for i in range(12)]
+    labels = torch.tensor([float(i % 4 == (i * 3) % 5) for i in range(12)])
+    feats = teacher.pair_features(qs, ds)
+    assert feats.shape == (12, 4 * 16 + 1)
+    cfg = TrainConfig(epochs=1, batch_size=12, lr=1e-9, optimizer="adamw", schedule="constant")
+    train_teacher_head(teacher, None, None, labels, cfg, features=feats)
+    w = skip.weight.detach().clone().requires_grad_(True)
+    b = skip.bias.detach().clone().requires_grad_(True)
+    # the fit's objective: BCE + 1e-4 * w^2
+    loss = F.binary_cross_entropy_with_logits(feats[:, -1] * w[0, 0] + b[0], labels) + 1e-4 * (w**2).sum()
+    gw, gb = torch.autograd.grad(loss, (w, b))
+    assert float(gw.abs().max()) < 1e-3 and float(gb.abs().max()) < 1e-3

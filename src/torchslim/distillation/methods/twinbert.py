@@ -30,7 +30,10 @@ with the frozen teacher once (cached teacher outputs) and trains the twin throug
 The teacher here is :class:`CrossEncoderTeacher`: a BERT encoder (e.g. MiniLM-L6) over the concatenated pair
 ``[CLS] q [SEP] d [SEP]``; the token states of each segment (which attended to the other segment) are
 mean-pooled into ``a`` and ``b`` and a small MLP head scores ``[a, b, a*b, |a-b|]``.
-:func:`train_teacher_head` fits that head on labelled pairs (the encoder stays frozen).
+:func:`train_teacher_head` fits that head on labelled pairs (the encoder stays frozen);
+:func:`finetune_teacher` then fine-tunes the encoder (all layers, or the top ``train_layers``) and the head end
+to end, as the paper's fine-tuned BERT teacher. :func:`mine_hard_negatives` picks, for each query, the
+documents most similar to it under a bi-encoder: negatives that a cross-encoder must learn to reject.
 
 Differences from the paper: WordPiece tokens instead of tri-letter hashing; the students are initialised
 from the teacher's layers (``build_student``); the crossing's output layer is initialised by a ridge fit to
@@ -39,10 +42,12 @@ the teacher's logits (``calibrate=True``), because short CPU runs cannot afford 
 Example:
     >>> from torchslim.zoo.minilm import minilm
     >>> from torchslim.distillation.methods.twinbert import (
-    ...     CrossEncoderTeacher, TwinDistill, build_twinbert, train_teacher_head, twinbert_distill)
+    ...     CrossEncoderTeacher, TwinDistill, build_twinbert, finetune_teacher, train_teacher_head,
+    ...     twinbert_distill)
     >>> enc = minilm()                                                               # doctest: +SKIP
     >>> teacher = CrossEncoderTeacher(enc)                                           # doctest: +SKIP
     >>> train_teacher_head(teacher, queries, docs, labels)                           # doctest: +SKIP
+    >>> finetune_teacher(teacher, queries, docs, labels)   # encoder + head           # doctest: +SKIP
     >>> twin = build_twinbert(enc, num_layers=2, crossing="cosine")                  # doctest: +SKIP
     >>> twinbert_distill(twin, teacher, queries, docs, TwinDistill())                # doctest: +SKIP
     >>> cache = twin.encode_documents(corpus)              # once, offline           # doctest: +SKIP
@@ -78,6 +83,8 @@ __all__ = [
     "WeightedPooling",
     "build_twinbert",
     "calibrate_crossing",
+    "finetune_teacher",
+    "mine_hard_negatives",
     "train_teacher_head",
     "twinbert_distill",
     "twinbert_loss",
@@ -525,6 +532,22 @@ def build_twinbert(
 
 
 # --------------------------------------------------------------------------- the cross-encoder teacher
+class _TeacherHead(nn.Module):
+    """MLP on the joint features ``[a, b, a*b, |a-b|]`` (+ a linear term on the separate-pass cosine)."""
+
+    def __init__(self, dim: int, hidden: int, skip: bool) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.skip = nn.Linear(1, 1) if skip else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.mlp(x[..., : 4 * self.dim])
+        if self.skip is not None:
+            out = out + self.skip(x[..., 4 * self.dim :])
+        return out
+
+
 class CrossEncoderTeacher(nn.Module):
     """A cross-encoder: one BERT pass over ``[CLS] q [SEP] d [SEP]`` and an MLP head -> relevance logit.
 
@@ -532,25 +555,44 @@ class CrossEncoderTeacher(nn.Module):
     the document segment (``== 1``) into ``a`` and ``b`` (L2-normalised); because the encoding is joint,
     each token state has attended to both texts. The head scores ``[a, b, a*b, |a-b|]``.
 
+    With ``bi_encoder_skip=True`` the same encoder also reads the query and the document *separately*
+    (mean pooling, as a sentence encoder) and the logit gets a learned linear term ``w * cos(e_q, e_d)``:
+    ``logit = MLP([a, b, a*b, |a-b|]) + w * cos + c``. The joint pass then only has to learn a correction to
+    the bi-encoder's score, which a short fine-tuning on few pairs can do, whereas a pretrained sentence
+    encoder read jointly starts far below its own bi-encoder score. It costs the two separate passes.
+
     Args:
         encoder: a ``MiniLMEncoder`` or ``BertModel``; its tokenizer must accept text pairs.
         hidden: width of the head's hidden layer.
         max_length: tokens per (query, document) pair; the document is truncated first.
         tokenizer: default ``encoder.tokenizer``.
+        bi_encoder_skip: add the separate-pass cosine term (see above).
+
+    Example:
+        >>> from torchslim.zoo.minilm import minilm                                     # doctest: +SKIP
+        >>> teacher = CrossEncoderTeacher(minilm(), max_length=96, bi_encoder_skip=True)  # doctest: +SKIP
+        >>> teacher.score_pairs(["flu shots"], ["Clinics lack flu vaccine."]).shape      # doctest: +SKIP
+        torch.Size([1])
     """
 
     def __init__(
-        self, encoder: nn.Module, hidden: int = 256, max_length: int = 160, tokenizer: Any = None
+        self,
+        encoder: nn.Module,
+        hidden: int = 256,
+        max_length: int = 160,
+        tokenizer: Any = None,
+        bi_encoder_skip: bool = False,
     ) -> None:
         super().__init__()
         self.bert = _bert_of(encoder, "CrossEncoderTeacher")
         self.tokenizer = tokenizer if tokenizer is not None else getattr(encoder, "tokenizer", None)
         dim = int(self.bert.config.hidden_size)
-        self.head = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.bi_encoder_skip = bool(bi_encoder_skip)
+        self.head = _TeacherHead(dim, hidden, self.bi_encoder_skip)
         self.max_length = int(max_length)
 
     def tokenize_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenize (query, document) pairs jointly, with segment ids."""
+        """Tokenize (query, document) pairs jointly, with segment ids (and separately, with the skip term)."""
         if self.tokenizer is None:
             raise ConfigError("CrossEncoderTeacher: no tokenizer; pass tokenizer= or a MiniLMEncoder")
         qs, ds = _texts(queries, "CrossEncoderTeacher"), _texts(docs, "CrossEncoderTeacher")
@@ -571,12 +613,40 @@ class CrossEncoderTeacher(nn.Module):
         if "token_type_ids" not in enc:
             raise ConfigError("CrossEncoderTeacher: the tokenizer returned no token_type_ids for text pairs")
         device = next(self.parameters()).device
-        return {k: v.to(device) for k, v in enc.items() if k in _INPUT_KEYS}
+        out = {k: v.to(device) for k, v in enc.items() if k in _INPUT_KEYS}
+        if self.bi_encoder_skip:
+            for prefix, texts in (("q_", qs), ("d_", ds)):
+                single = dict(
+                    self.tokenizer(
+                        texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                    )
+                )
+                out[prefix + "input_ids"] = single["input_ids"].to(device)
+                out[prefix + "attention_mask"] = single["attention_mask"].to(device)
+        return out
+
+    def _separate_cosine(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        def embed(prefix: str) -> torch.Tensor:
+            ids, mask = inputs.get(prefix + "input_ids"), inputs.get(prefix + "attention_mask")
+            if ids is None or mask is None:
+                raise ConfigError(
+                    "CrossEncoderTeacher: bi_encoder_skip needs q_/d_input_ids and q_/d_attention_mask; "
+                    "tokenize with tokenize_pairs"
+                )
+            h = _last_hidden(self.bert, {"input_ids": ids, "attention_mask": mask})
+            m = mask.unsqueeze(-1).to(h.dtype)
+            return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+        return F.cosine_similarity(embed("q_"), embed("d_"), dim=-1, eps=1e-8).unsqueeze(-1)
 
     def features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        **separate: torch.Tensor,
     ) -> torch.Tensor:
-        """Head input ``[B, 4D]`` from one joint pass."""
+        """Head input ``[B, 4D]`` from one joint pass (``[B, 4D + 1]`` with the separate-pass cosine)."""
         hidden = _last_hidden(
             self.bert,
             {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
@@ -590,13 +660,20 @@ class CrossEncoderTeacher(nn.Module):
             return F.normalize(e, dim=-1)
 
         a, b = pool(seg_a), pool(seg_b)
-        return torch.cat([a, b, a * b, (a - b).abs()], dim=-1)
+        feats = [a, b, a * b, (a - b).abs()]
+        if self.bi_encoder_skip:
+            feats.append(self._separate_cosine(separate))
+        return torch.cat(feats, dim=-1)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        **separate: torch.Tensor,
     ) -> torch.Tensor:
-        """Relevance logits ``[B]`` of tokenized pairs."""
-        return self.head(self.features(input_ids, attention_mask, token_type_ids)).squeeze(-1)
+        """Relevance logits ``[B]`` of tokenized pairs (from :meth:`tokenize_pairs`)."""
+        return self.head(self.features(input_ids, attention_mask, token_type_ids, **separate)).squeeze(-1)
 
     @torch.no_grad()
     def pair_features(
@@ -613,7 +690,8 @@ class CrossEncoderTeacher(nn.Module):
             ]
         finally:
             self.train(was_training)
-        return torch.cat(out) if out else torch.empty(0, 4 * int(self.bert.config.hidden_size))
+        width = 4 * int(self.bert.config.hidden_size) + int(self.bi_encoder_skip)
+        return torch.cat(out) if out else torch.empty(0, width)
 
     @torch.no_grad()
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str], batch_size: int = 32) -> torch.Tensor:
@@ -624,6 +702,24 @@ class CrossEncoderTeacher(nn.Module):
             return self.head(self.pair_features(queries, docs, batch_size)).squeeze(-1)
         finally:
             self.train(was_training)
+
+
+def _fit_logistic(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, steps: int = 50) -> None:
+    """Fit ``layer`` (``[1 -> 1]``) as the logistic regression of labels ``y`` on ``x`` (L-BFGS)."""
+    w = torch.zeros(1, 1, requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits((x @ w + b).squeeze(-1), y) + 1e-4 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        layer.weight.copy_(w.detach())
+        layer.bias.copy_(b.detach())
 
 
 def train_teacher_head(
@@ -639,7 +735,8 @@ def train_teacher_head(
     """Fit the teacher's head on labelled pairs (binary cross-entropy); the encoder stays frozen.
 
     The pair features are computed once (or passed as ``features``, e.g. from
-    :meth:`CrossEncoderTeacher.pair_features`) and the head is trained on them by the shared Trainer.
+    :meth:`CrossEncoderTeacher.pair_features`) and the head is trained on them by the shared Trainer. With
+    ``bi_encoder_skip`` the cosine term is first set to its own logistic-regression fit (L-BFGS).
 
     Args:
         labels: 1 = relevant, 0 = not (floats in [0, 1] allowed).
@@ -656,11 +753,131 @@ def train_teacher_head(
         raise ConfigError("train_teacher_head: labels must lie in [0, 1] (1 = relevant)")
     cfg = train or TrainConfig(epochs=30, batch_size=64, lr=1e-3, optimizer="adamw", weight_decay=0.01)
 
+    skip = getattr(teacher.head, "skip", None)
+    if isinstance(skip, nn.Linear):  # start the cosine term at its own logistic-regression fit
+        _fit_logistic(skip, features[:, -1:].float(), y)
+
     def step_fn(head: nn.Module, batch: Any) -> torch.Tensor:
         x, t = batch
         return F.binary_cross_entropy_with_logits(head(x).squeeze(-1), t)
 
     return Trainer(teacher.head, cfg, step_fn=step_fn, progress=progress).fit(TensorDataset(features, y))
+
+
+def finetune_teacher(
+    teacher: CrossEncoderTeacher,
+    queries: Sequence[str],
+    docs: Sequence[str],
+    labels: Sequence[float] | torch.Tensor,
+    train: TrainConfig | None = None,
+    train_layers: int | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Fine-tune the cross-encoder end to end on labelled pairs (binary cross-entropy): encoder layers + head.
+
+    The paper's teacher is a *fine-tuned* BERT cross-encoder; this trains the joint encoder itself, not only
+    the head (:func:`train_teacher_head`). A good recipe with few pairs is to fit the head first on frozen
+    features (:func:`train_teacher_head`), then call this with a small learning rate.
+
+    Args:
+        teacher: the :class:`CrossEncoderTeacher` (trained in place; left in eval mode). Its encoder is the
+            module it was built from, so build it from ``copy.deepcopy(encoder)`` when that encoder is also used
+            elsewhere (e.g. by :func:`build_twinbert`, which copies layers from it).
+        queries, docs, labels: the pairs (query ``i`` with document ``i``), labels in [0, 1] (1 = relevant).
+            Hard negatives (irrelevant documents that look relevant) are what makes the teacher useful.
+        train: default AdamW, lr 5e-5, one-cycle, 2 epochs of batch 16, gradient clipping at 1.
+        train_layers: fine-tune only the top ``train_layers`` transformer layers (the embeddings and the lower
+            layers stay frozen and run without building a graph); ``None``: the whole encoder, embeddings
+            included. The head is always trained.
+        progress: show a progress bar.
+
+    Raises:
+        ConfigError: lists of different lengths, labels outside [0, 1], or ``train_layers`` out of range.
+
+    Example:
+        >>> from torchslim.zoo.minilm import minilm                                     # doctest: +SKIP
+        >>> teacher = CrossEncoderTeacher(minilm(), max_length=96)   # its own encoder  # doctest: +SKIP
+        >>> train_teacher_head(teacher, queries, docs, labels)           # head first  # doctest: +SKIP
+        >>> finetune_teacher(teacher, queries, docs, labels, train_layers=3)            # doctest: +SKIP
+    """
+    qs, ds = _texts(queries, "finetune_teacher"), _texts(docs, "finetune_teacher")
+    y = torch.as_tensor(labels, dtype=torch.float32).flatten()
+    if not (len(qs) == len(ds) == y.shape[0]) or not qs:
+        raise ConfigError(
+            f"finetune_teacher: got {len(qs)} queries, {len(ds)} documents and {y.shape[0]} labels; "
+            "pass one label per (query, document) pair, at least one pair"
+        )
+    if bool(((y < 0) | (y > 1)).any()):
+        raise ConfigError("finetune_teacher: labels must lie in [0, 1] (1 = relevant)")
+    layers = list(teacher.bert.encoder.layer)
+    if train_layers is not None and not 1 <= train_layers <= len(layers):
+        raise ConfigError(
+            f"finetune_teacher: train_layers must be in 1..{len(layers)} (the encoder's depth) or None "
+            f"(everything), got {train_layers}"
+        )
+    cfg = train or TrainConfig(
+        epochs=2,
+        batch_size=16,
+        lr=5e-5,
+        optimizer="adamw",
+        weight_decay=0.01,
+        schedule="onecycle",
+        grad_clip=1.0,
+    )
+    saved = {id(p): p.requires_grad for p in teacher.parameters()}
+    trainable = [teacher.head, *(layers if train_layers is None else layers[-train_layers:])]
+    if train_layers is None:
+        trainable.append(teacher.bert)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    for module in trainable:
+        for p in module.parameters():
+            p.requires_grad_(True)
+
+    def step_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        bq, bd, bt = batch
+        m: Any = getattr(model, "module", model)
+        logits = model(**m.tokenize_pairs(list(bq), list(bd)))
+        return F.binary_cross_entropy_with_logits(logits, bt.to(logits.device))
+
+    try:
+        return Trainer(teacher, cfg, step_fn=step_fn, progress=progress).fit(_Pairs(qs, ds, y))
+    finally:
+        for p in teacher.parameters():
+            p.requires_grad_(saved[id(p)])
+        teacher.eval()
+
+
+@torch.no_grad()
+def mine_hard_negatives(
+    query_emb: torch.Tensor, doc_emb: torch.Tensor, k: int = 1, exclude_self: bool = True
+) -> torch.Tensor:
+    """For each query, the ``k`` documents most cosine-similar to it (``[Q, k]`` indices, most similar first).
+
+    With ``exclude_self`` document ``i`` (query ``i``'s own, relevant document) is never returned for query
+    ``i``, so the result are hard *negatives* for training a cross-encoder.
+
+    Example:
+        >>> q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> d = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.2]])
+        >>> mine_hard_negatives(q, d, k=1).tolist()
+        [[2], [2]]
+    """
+    if query_emb.dim() != 2 or doc_emb.dim() != 2 or query_emb.shape[1] != doc_emb.shape[1]:
+        raise ConfigError(
+            f"mine_hard_negatives: expected [Q, D] and [N, D] embeddings, got {tuple(query_emb.shape)} "
+            f"and {tuple(doc_emb.shape)}"
+        )
+    n_avail = doc_emb.shape[0] - (1 if exclude_self else 0)
+    if not 1 <= k <= n_avail:
+        raise ConfigError(f"mine_hard_negatives: k must be in 1..{n_avail} for {doc_emb.shape[0]} documents, got {k}")
+    if exclude_self and query_emb.shape[0] > doc_emb.shape[0]:
+        raise ConfigError("mine_hard_negatives: exclude_self needs document i for every query i (N >= Q)")
+    sim = F.normalize(query_emb.float(), dim=-1) @ F.normalize(doc_emb.float(), dim=-1).T
+    if exclude_self:
+        idx = torch.arange(query_emb.shape[0])
+        sim[idx, idx] = float("-inf")
+    return sim.topk(k, dim=1).indices
 
 
 # --------------------------------------------------------------------------- distillation
