@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+from torchslim.quantization.api import quantize_
 from torchslim.quantization.dynamic import DynamicPTQ, layer_sensitivity, quantize_dynamic
 from torchslim.quantization.fold import fold_batchnorm
 from torchslim.quantization.lstm import QLSTMConfig, quantize_lstm_
@@ -23,6 +24,7 @@ __all__ = [
     "DynamicPTQ",
     "QLSTMConfig",
     "quantize_dynamic",
+    "quantize_",
     "quantize_lstm_",
     "layer_sensitivity",
     "SmoothQuant",
