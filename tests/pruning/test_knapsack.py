@@ -64,7 +64,7 @@ def test_dp_selection_equals_brute_force() -> None:
 
 
 def test_knapsack_select_rejects_too_small_capacity() -> None:
-    with pytest.raises(PruneError, match="one channel per group"):
+    with pytest.raises(PruneError, match=r"one block of 1 channel\(s\) per group"):
         knapsack_select({"a": torch.ones(3), "b": torch.ones(2)}, {"a": 5.0, "b": 5.0}, capacity=6.0)
 
 
@@ -137,3 +137,38 @@ def test_inner_distill_runs_and_taps_match_kept_channels() -> None:
     data = torch.utils.data.TensorDataset(x, y)
     res = inner_distill(student, parent, data, InnerKD(train=TrainConfig(epochs=1, batch_size=8)), dict(taps))
     assert res.steps == 2 and torch.isfinite(torch.tensor(res.history[-1]["loss"]))
+
+
+def test_round_to_blocks_equal_brute_force_and_give_multiples() -> None:
+    """knapsack_select(round_to=4): kept counts are multiples of 4 and the kept value equals the best over
+    all block subsets that fit (brute force over the blocks of value-ordered channels; tolerance 1e-5,
+    float32 sums)."""
+    g = torch.Generator().manual_seed(0)
+    values = {"a": torch.rand(12, generator=g), "b": torch.rand(8, generator=g)}
+    costs = {"a": 3.0, "b": 5.0}
+    cap = 3.0 * 4 + 5.0 * 4 + 40.0  # the forced first blocks + room for a few more
+    keep = knapsack_select(values, costs, cap, "dp", round_to=4)
+    assert all(len(k) % 4 == 0 for k in keep.values())
+    blocks = []
+    for n in values:
+        order = torch.argsort(values[n], descending=True).tolist()
+        blocks += [(n, order[i : i + 4]) for i in range(4, len(order), 4)]
+    free = cap - 3.0 * 4 - 5.0 * 4
+    best = max(
+        sum(float(values[n][b].sum()) for n, b in sub)
+        for r in range(len(blocks) + 1)
+        for sub in itertools.combinations(blocks, r)
+        if sum(costs[n] * len(b) for n, b in sub) <= free
+    )
+    got = sum(float(values[n][k].sum()) for n, k in keep.items()) - sum(
+        float(values[n][torch.argsort(values[n], descending=True)[:4]].sum()) for n in values
+    )
+    assert abs(got - best) < 1e-5
+
+
+def test_knapsack_prune_round_to_keeps_multiples() -> None:
+    m: Any = _tiny_resnet()
+    x1 = torch.randn(1, 1, 8, 8)
+    r = knapsack_prune_(m, KnapsackPrune(macs_ratio=0.5, round_to=4, max_rounds=6), (x1,), _calib())
+    assert r.widths and all(w % 4 == 0 for w in r.widths.values())
+    assert r.macs_after <= r.budget

@@ -195,7 +195,7 @@ def prune_stages(
     if method == "knapsack":
         if ratio is not None:
             raise ConfigError("options.ratio: knapsack prunes to a MACs budget; use --macs (e.g. --macs 0.5)")
-        stage = {"type": "knapsack_prune", "macs_ratio": 0.5 if macs is None else macs, **sel}
+        stage = {"type": "knapsack_prune", "macs_ratio": 0.5 if macs is None else macs, "round_to": round_to, **sel}
     elif method == "npn":
         if ratio is not None or macs is not None:
             raise ConfigError("options: npn learns the widths; set the penalty with --sparsity, not --ratio/--macs")

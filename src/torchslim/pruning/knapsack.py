@@ -84,6 +84,8 @@ class KnapsackPrune(Config):
         resolution: number of integer cost units the prunable MACs are quantised to for the DP
             (costs are rounded up, so the quantised solution never exceeds the linear budget).
         max_rounds: knapsack solves of the capacity bisection (each one prunes a copy and profiles it).
+        round_to: knapsack items are blocks of this many channels (in value order), so kept widths are
+            multiples of it whenever the group's width is (odd widths run slower in ONNX Runtime here).
         include: glob patterns on module paths (as :class:`~torchslim.pruning.ChannelPrune`).
         exclude: glob patterns on module paths left intact.
     """
@@ -94,6 +96,7 @@ class KnapsackPrune(Config):
     solver: Literal["dp", "greedy"] = "dp"
     resolution: int = Field(default=4000, ge=10, le=200_000)
     max_rounds: int = Field(default=14, ge=2)
+    round_to: int = Field(default=1, ge=1)
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
 
@@ -170,13 +173,15 @@ def knapsack_select(
     capacity: float,
     solver: Literal["dp", "greedy"] = "dp",
     resolution: int = 4000,
+    round_to: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Kept channel indices per group maximising the summed value with summed cost ``<= capacity``.
 
     ``values[g]`` is a per-channel value tensor of group ``g`` and ``costs[g]`` the cost of each of its
     channels. The most valuable channel of every group is always kept (a group cannot be emptied) and its
     cost is taken from the capacity first (keeping the argmax loses nothing: costs are equal within a
-    group). The rest is a 0/1 knapsack on integer costs (exact when the costs are integers totalling at most
+    group). With ``round_to > 1`` the items are blocks of ``round_to`` channels in value order (the first
+    block is the one always kept), so kept counts are multiples of ``round_to``. The rest is a 0/1 knapsack on integer costs (exact when the costs are integers totalling at most
     ``resolution`` gcd units, else units of ``sum(all costs) / resolution``, rounded up) for
     :func:`~torchslim.search.solvers.knapsack_01`
     (``"dp"``) or :func:`~torchslim.search.solvers.knapsack_greedy` (``"greedy"``).
@@ -194,31 +199,34 @@ def knapsack_select(
 
     if solver not in ("dp", "greedy"):
         raise ConfigError(f"knapsack_select: solver must be 'dp' or 'greedy', got {solver!r}")
+    if round_to < 1:
+        raise ConfigError(f"knapsack_select: round_to must be >= 1, got {round_to}")
     names = list(values)
-    forced: dict[str, int] = {}
+    order: dict[str, list[int]] = {}
     cap = float(capacity)
     for n in names:
         if values[n].numel() == 0:
             raise PruneError(f"knapsack_select: group {n!r} has no channels")
-        forced[n] = int(torch.argmax(values[n].to(torch.float64)))
-        cap -= costs[n]
+        # value order, ties by index (the first block of round_to=1 is the argmax)
+        order[n] = torch.argsort(values[n].to(torch.float64), descending=True, stable=True).tolist()
+        cap -= costs[n] * min(round_to, len(order[n]))
     if cap < -1e-9:
         raise PruneError(
-            f"knapsack_select: capacity {capacity:.4g} cannot hold one channel per group "
+            f"knapsack_select: capacity {capacity:.4g} cannot hold one block of {round_to} channel(s) per group "
             f"({capacity - cap:.4g} needed); raise the budget (macs_ratio)"
         )
-    items: list[tuple[str, int]] = []
+    items: list[tuple[str, list[int]]] = []
     vals: list[float] = []
     raw_costs: list[float] = []
     for n in names:
-        for c in range(values[n].numel()):
-            if c == forced[n]:
-                continue
-            items.append((n, c))
+        rest = order[n][round_to:]
+        for start in range(0, len(rest), round_to):
+            block = rest[start : start + round_to]
+            items.append((n, block))
             # strictly positive values: a zero-importance channel is still worth more than nothing, so ties
             # between free capacity and an empty slot go to keeping it
-            vals.append(float(values[n][c]) + 1e-12)
-            raw_costs.append(float(costs[n]))
+            vals.append(float(values[n][block].sum()) + 1e-12)
+            raw_costs.append(float(costs[n]) * len(block))
     total = sum(raw_costs)
     chosen: list[int]
     if not items:
@@ -229,10 +237,10 @@ def knapsack_select(
         weights, int_cap = _integer_costs(raw_costs, max(cap, 0.0), resolution)
         fn = knapsack_01 if solver == "dp" else knapsack_greedy
         chosen = fn(vals, weights, int_cap)
-    keep: dict[str, list[int]] = {n: [forced[n]] for n in names}
+    keep: dict[str, list[int]] = {n: list(order[n][:round_to]) for n in names}
     for i in chosen:
-        n, c = items[i]
-        keep[n].append(c)
+        n, block = items[i]
+        keep[n].extend(block)
     return {n: torch.tensor(sorted(v), dtype=torch.long) for n, v in keep.items()}
 
 
@@ -327,10 +335,10 @@ def knapsack_prune_(
 
     # The linear cost model over-counts (a conv losing input and output channels saves their MAC block
     # once): bisect the knapsack capacity so that the MEASURED MACs of the pruned model meet the budget.
-    lo = sum(costs[g.name] for g in groups)  # one channel per group
+    lo = sum(costs[g.name] * min(config.round_to, g.channels) for g in groups)  # one block per group
     hi = sum(costs[g.name] * g.channels for g in groups)
     best: tuple[dict[str, torch.Tensor], int] | None = None
-    smallest = knapsack_select(scores, costs, lo, config.solver, config.resolution)
+    smallest = knapsack_select(scores, costs, lo, config.solver, config.resolution, config.round_to)
     if measure(smallest) > budget:
         raise PruneError(
             f"knapsack_prune_: the MACs budget {budget:,} ({config.macs_ratio:.0%}) is below what one channel per "
@@ -339,7 +347,7 @@ def knapsack_prune_(
     rounds = 0
     for rounds in range(1, config.max_rounds + 1):  # noqa: B007
         cap = hi if rounds == 1 else (lo + hi) / 2
-        keep_try = knapsack_select(scores, costs, cap, config.solver, config.resolution)
+        keep_try = knapsack_select(scores, costs, cap, config.solver, config.resolution, config.round_to)
         m = measure(keep_try)
         if m <= budget:
             best = (keep_try, m)  # feasible capacities only grow during the bisection
