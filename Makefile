@@ -48,7 +48,7 @@ bench-full: $(BENCH_STAMP)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/mypy src
+	$(BIN)/mypy src benchmarks
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -34,7 +34,8 @@ class L1Penalty:
     def extra_loss(self, trainer: object, model: nn.Module) -> torch.Tensor | None:
         if self.weight == 0:
             return None
-        return self.weight * sum(m.weight.abs().sum() for m in model.modules() if isinstance(m, nn.Linear))
+        norms = [m.weight.abs().sum() for m in model.modules() if isinstance(m, nn.Linear)]
+        return self.weight * torch.stack(norms).sum() if norms else None
 
 
 def _mlp(width: int) -> nn.Sequential:

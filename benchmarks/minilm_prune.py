@@ -288,7 +288,7 @@ def distill_layers(
         hid = torch.stack([hidden_mse_loss(t, s, mask) for t, s in zip(t_out[1:], s_out[1:], strict=True)]).mean()
         return hid + emb_weight * embedding_cosine_loss(t_out[-1], s_out[-1], mask)
 
-    return fit_student(student, teacher, list(sentences), cfg, step_fn, progress=False)
+    return fit_student(student, teacher, list(sentences), cfg, step_fn, progress=False)  # type: ignore[arg-type]  # a list of texts is a map-style data set
 
 
 # --------------------------------------------------------------------------------------------------- latency

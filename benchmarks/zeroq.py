@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mp_bits = mixed_precision(sens_d, model, budget_bits=4.0)
     mp_bits_real = mixed_precision(sens_r, model, budget_bits=4.0)
     qd = base_q["zeroq"]
-    numel = {n: m.weight.numel() for n, m in quantizable_layers(model).items()}
+    numel = {n: int(torch.as_tensor(m.weight).numel()) for n, m in quantizable_layers(model).items()}
     mp = {
         "uniform_W4A8": _acc(set_bits(qd, 4, 8), xt, yt),
         "pareto_W4mixA8_zeroq_sens": _acc(set_bits(qd, mp_bits, 8), xt, yt),

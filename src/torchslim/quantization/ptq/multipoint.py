@@ -198,8 +198,8 @@ class MultiPoint(Config):
     type_name = "multipoint"
     bits: int = Field(4, ge=2, le=16)
     mean_points: float = Field(1.25, ge=1.0)
-    max_points: int = Field(4, ge=1)
-    scale_grid: int = Field(32, ge=1)
+    max_points: int = Field(default=4, ge=1)
+    scale_grid: int = Field(default=32, ge=1)
 
 
 @torch.no_grad()
