@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import TensorDataset
 
-from benchmarks.pruning_methods import digits_split
+from benchmarks.pruning_methods import _mean, digits_split
 
 RESULTS = Path(__file__).resolve().parent / "results" / "apqnn.json"
 
@@ -43,10 +42,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "apqnn.json"
 def _batches(ds: TensorDataset, bs: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     x, y = ds.tensors
     return [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(y), bs)]
-
-
-def _mean(xs: list[float]) -> float:
-    return float(statistics.mean(xs))
 
 
 def run(quick: bool, precision: str = "binary", size_ratio: float = 0.5) -> dict[str, Any]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -41,13 +40,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from benchmarks.pruning_methods import cnn, digits_split
+from benchmarks.pruning_methods import _mean, cnn, digits_split, uniform_l1_at
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pruning_dcp_npn.json"
-
-
-def _mean(xs: list[float]) -> float:
-    return float(statistics.mean(xs))
 
 
 def finetune_accs(m: nn.Module, train: TensorDataset, test: TensorDataset, seeds: list[int], ft: Any,
@@ -62,25 +57,6 @@ def finetune_accs(m: nn.Module, train: TensorDataset, test: TensorDataset, seeds
         Trainer(mm, ft.model_copy(update={"seed": s}), progress=False).fit(train)
         accs.append(top1(mm.eval(), test))
     return accs
-
-
-def uniform_l1_at(parent: nn.Module, budget: int, x1: torch.Tensor) -> tuple[nn.Module, float]:
-    """Uniform L1 pruning (same ratio in every group) with the smallest ratio whose MACs are <= ``budget``."""
-    from torchslim.core.cost import profile
-    from torchslim.pruning import ChannelPrune, prune_
-
-    lo, hi = 0.0, 0.97
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        m = copy.deepcopy(parent)
-        prune_(m, ChannelPrune(ratio=mid, importance="l1"), (x1,))
-        if profile(m, (x1,)).macs <= budget:
-            hi = mid
-        else:
-            lo = mid
-    m = copy.deepcopy(parent)
-    prune_(m, ChannelPrune(ratio=hi, importance="l1"), (x1,))
-    return m, hi
 
 
 def _widths(m: nn.Module) -> list[int]:
@@ -151,7 +127,7 @@ def part_npn(base: nn.Module, train: TensorDataset, test: TensorDataset, seeds: 
         m.eval()
         macs = profile(m, (x1,)).macs
         acc = finetune_accs(m, train, test, seeds, ft)
-        l1, ratio = uniform_l1_at(base, macs, x1)
+        l1, ratio, _ = uniform_l1_at(base, macs, x1)
         l1_macs = profile(l1, (x1,)).macs
         l1_acc = finetune_accs(l1.eval(), train, test, seeds, ft)
         rows.append({

@@ -68,11 +68,32 @@ def _mean(xs: list[float]) -> float:
     return float(statistics.mean(xs))
 
 
+def uniform_l1_at(
+    parent: nn.Module, budget: int, x1: torch.Tensor, max_ratio: float = 0.97, steps: int = 14
+) -> tuple[nn.Module, float, Any]:
+    """Uniform L1 pruning (the same ratio in every group) at the smallest ratio whose MACs are <= ``budget``,
+    found by bisection on measured MACs. Returns ``(pruned copy, ratio, PruneResult)``."""
+    from torchslim.core.cost import profile
+    from torchslim.pruning import ChannelPrune, prune_
+
+    lo, hi = 0.0, max_ratio
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        m = copy.deepcopy(parent)
+        prune_(m, ChannelPrune(ratio=mid, importance="l1"), (x1,))
+        if profile(m, (x1,)).macs <= budget:
+            hi = mid
+        else:
+            lo = mid
+    m = copy.deepcopy(parent)
+    result = prune_(m, ChannelPrune(ratio=hi, importance="l1"), (x1,))
+    return m, hi, result
+
+
 def part_knapsack(train: TensorDataset, test: TensorDataset, seeds: list[int], epochs: int, ft_epochs: int,
                   ) -> dict[str, Any]:
     from torchslim.bench.accuracy import top1
     from torchslim.core.cost import profile
-    from torchslim.pruning import ChannelPrune, prune_
     from torchslim.pruning.knapsack import (
         InnerKD,
         KnapsackPrune,
@@ -102,18 +123,7 @@ def part_knapsack(train: TensorDataset, test: TensorDataset, seeds: list[int], e
         pruned[f"knapsack_{solver}"] = (m, r)
         out[f"knapsack_{solver}_solve_s"] = time.time() - t
         t = time.time()
-    # uniform: the largest per-group ratio... i.e. the smallest ratio whose MACs fit the budget (bisection)
-    lo, hi = 0.0, 0.95
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        m = copy.deepcopy(parent)
-        prune_(m, ChannelPrune(ratio=mid, importance="l1"), (x1,))
-        if profile(m, (x1,)).macs <= budget:
-            hi = mid
-        else:
-            lo = mid
-    m = copy.deepcopy(parent)
-    pr = prune_(m, ChannelPrune(ratio=hi, importance="l1"), (x1,))
+    m, hi, pr = uniform_l1_at(parent, budget, x1, max_ratio=0.95, steps=12)
     pruned["uniform_l1"] = (m, pr)
     out["uniform_ratio"] = hi
 
