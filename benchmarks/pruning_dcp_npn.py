@@ -13,7 +13,17 @@ Part 1, DCP (PAPERS #28), 50% of the channels of every layer (widths 16/32/32):
   (reconstruction MSE + auxiliary CE), weights of the kept channels re-optimised;
 * ``recon_only``: the same greedy selection and re-optimisation with the auxiliary term off (ThiNet-like);
 * ``l1``: L1-norm filter pruning (``ChannelPrune(ratio=0.5, importance="l1")``);
-* ``dcp_adaptive``: DCP with the adaptive stopping rule instead of a fixed width (its own MACs).
+* ``dcp_adaptive``: DCP with the adaptive stopping rule instead of a fixed width (its own MACs);
+* ``dkp``: discrimination-aware KERNEL pruning (same aux fine-tuning and losses; greedy selection of
+  ``kh x kw`` kernels), at DCP's per-conv kernel counts (conv 0: 50%, convs 3 and 6: 75% of the kernels
+  removed), i.e. the same kernel-sparse MACs; masks persist through fine-tuning;
+* ``l1_kernel``: the kernels with the largest L1 norm at the same per-conv counts (magnitude baseline,
+  pruned after the extra CE epochs like ``l1``).
+
+Kernel sparsity is the fraction of the three convs' kernels (of the unpruned target) that are zero or
+removed; ``kernel_sparse_macs`` counts a conv at its nonzero-kernel fraction (what a kernel-sparse
+implementation would run). The dense and DKP models are timed in PyTorch at batch 64 (interleaved): a
+dense runtime gets no speed-up from zero kernels.
 
 To give every method the same training compute, ``recon_only`` and ``l1`` prune the target after
 ``aux_epochs`` more epochs of plain cross-entropy training (DCP spends them on the auxiliary fine-tuning).
@@ -25,7 +35,7 @@ fine-tuning. Reported: MACs vs accuracy (monotone?), NPN - L1 at matched MACs, l
 The sweep is run twice: with the plain (uniform) gate penalty, and with each gate weighted by the MACs its
 filter costs (``NPNConfig(penalty="macs")``, an extension that is not in the paper).
 
-MACs only (no latency). Writes ``benchmarks/results/pruning_dcp_npn.json`` (``..._quick.json`` with --quick).
+Latency only for the dense-vs-kernel-sparse check. Writes ``benchmarks/results/pruning_dcp_npn.json`` (``..._quick.json`` with --quick).
 """
 
 from __future__ import annotations
@@ -68,7 +78,15 @@ def part_dcp(base: nn.Module, train: TensorDataset, test: TensorDataset, seeds: 
     from torchslim.bench.accuracy import top1
     from torchslim.core.cost import profile
     from torchslim.pruning import ChannelPrune, prune_
-    from torchslim.pruning.dcp import DCPConfig, dcp_prune_
+    from torchslim.pruning.dcp import (
+        DCPConfig,
+        DKPConfig,
+        DKPResult,
+        apply_kernel_masks_,
+        dcp_prune_,
+        dkp_prune_,
+        kernel_sparse_macs,
+    )
     from torchslim.train import TrainConfig, Trainer
 
     x1 = train.tensors[0][:1]
@@ -94,18 +112,78 @@ def part_dcp(base: nn.Module, train: TensorDataset, test: TensorDataset, seeds: 
     r = dcp_prune_(m, DCPConfig(ratio=0.0, stop="adaptive", tol=0.002, aux_weight=1.0, aux_train=extra),
                    train, (x1,))
     pruned["dcp_adaptive"] = (m, time.time() - t, r)
-    out: dict[str, Any] = {"base_plus_acc": top1(base_plus, test), "rows": {}}
+    # DKP (kernel level) and L1 kernel magnitude at DCP's per-conv kernel counts (matched kernel-sparse MACs)
+    dcp_m = pruned["dcp"][0]
+    ratios = {p: 1.0 - _kernels(dcp_m, p) / _kernels(base, p) for p in ("0", "3", "6")}
+    t = time.time()
+    m = copy.deepcopy(base)
+    rk = dkp_prune_(m, DKPConfig(layer_ratios=ratios, aux_weight=1.0, aux_train=extra), train, (x1,))
+    pruned["dkp"] = (m, time.time() - t, rk)
+    t = time.time()
+    m = copy.deepcopy(base_plus)
+    apply_kernel_masks_(m, l1_kernel_masks(m, ratios))
+    pruned["l1_kernel"] = (m, time.time() - t, None)
+    out: dict[str, Any] = {"base_plus_acc": top1(base_plus, test), "rows": {}, "dkp_layer_ratios": ratios}
     for name, (m, secs, r) in pruned.items():
         m.eval()
         accs = finetune_accs(m, train, test, seeds, ft)
-        row: dict[str, Any] = {"macs": profile(m, (x1,)).macs, "widths": _widths(m),
+        dense, sparse = kernel_sparse_macs(m, (x1,))
+        row: dict[str, Any] = {"macs": profile(m, (x1,)).macs, "kernel_sparse_macs": sparse, "widths": _widths(m),
+                               "kernel_sparsity": 1.0 - sum(_nz_kernels(m, p) for p in ("0", "3", "6"))
+                               / sum(_kernels(base, p) for p in ("0", "3", "6")),
                                "acc_before_ft": top1(m, test), "acc_ft": _mean(accs), "acc_ft_seeds": accs,
                                "select_s": secs}
-        if r is not None:
+        if isinstance(r, DKPResult):
+            row["stopped"] = {p: sel.stopped for p, sel in r.layers.items()}
+            row["loss_curve_first_layer"] = [round(v, 5) for v in next(iter(r.layers.values())).losses]
+        elif r is not None:
             row["stopped"] = {g: sel.stopped for g, (_, sel) in r.layers.items()}
             row["loss_curve_first_layer"] = [round(v, 5) for v in next(iter(r.layers.values()))[1].losses]
         out["rows"][name] = row
+    out["latency_dense_vs_kernel_sparse"] = _latency_dense_vs_sparse(base, pruned["dkp"][0], train.tensors[0][:64])
     return out
+
+
+def _kernels(m: nn.Module, path: str) -> int:
+    conv = m.get_submodule(path)
+    assert isinstance(conv, nn.Conv2d)
+    return conv.out_channels * conv.in_channels
+
+
+def _nz_kernels(m: nn.Module, path: str) -> int:
+    w = m.get_submodule(path).weight
+    assert isinstance(w, torch.Tensor)
+    return int((w.detach().abs().sum(dim=(2, 3)) > 0).sum())
+
+
+def l1_kernel_masks(m: nn.Module, ratios: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Per conv, keep the ``n_keep(out * in, ratio)`` kernels with the largest L1 norm (magnitude baseline)."""
+    from torchslim.pruning.importance import n_keep
+
+    masks = {}
+    for path, ratio in ratios.items():
+        w = m.get_submodule(path).weight
+        assert isinstance(w, torch.Tensor)
+        norms = w.detach().abs().sum(dim=(2, 3)).reshape(-1)
+        keep = torch.zeros_like(norms, dtype=torch.bool)
+        keep[torch.topk(norms, n_keep(norms.numel(), ratio)).indices] = True
+        masks[path] = keep.view(w.shape[0], w.shape[1])
+    return masks
+
+
+def _latency_dense_vs_sparse(base: nn.Module, dkp: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """PyTorch latency at batch 64 of the dense target vs the DKP model (same shapes, zero kernels),
+    interleaved. Expect a ratio of ~1: a dense runtime does not skip zero kernels."""
+    from torchslim.bench.latency import compare, torch_callable
+    from torchslim.pruning.dcp import remove_kernel_masks_
+
+    plain = copy.deepcopy(dkp).eval()
+    remove_kernel_masks_(plain)
+    st = compare({"dense": torch_callable(base.eval(), x), "dkp_kernel_sparse": torch_callable(plain, x)},
+                 repeats=10, warmup=2)
+    d, k = st["dense"].median_ms, st["dkp_kernel_sparse"].median_ms
+    return {"batch": int(x.shape[0]), "dense_ms": d, "dkp_ms": k, "ratio_dkp_over_dense": k / d,
+            "note": "measured on a busy machine; ratio from interleaved runs"}
 
 
 def part_npn(base: nn.Module, train: TensorDataset, test: TensorDataset, seeds: list[int], lambdas: list[float],
@@ -193,10 +271,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"fine-tuning {ft.epochs} epochs x {len(seeds)} seeds")
     d = out["dcp"]
     print(f"\nDCP at 50% channels (recon_only / l1 prune the target + 2 CE epochs: {d['base_plus_acc']:.4f})")
-    print(f"{'method':<14}{'widths':>14}{'MACs':>10}{'no FT':>8}{'FT':>8}  seeds")
+    print(f"{'method':<14}{'widths':>14}{'MACs':>10}{'sparse MACs':>12}{'kern.sp.':>9}{'no FT':>8}{'FT':>8}  seeds")
     for name, r in d["rows"].items():
-        print(f"{name:<14}{str(r['widths']):>14}{r['macs']:>10,}{r['acc_before_ft']:>8.4f}{r['acc_ft']:>8.4f}  "
+        print(f"{name:<14}{str(r['widths']):>14}{r['macs']:>10,}{r['kernel_sparse_macs']:>12,}"
+              f"{r['kernel_sparsity']:>9.3f}{r['acc_before_ft']:>8.4f}{r['acc_ft']:>8.4f}  "
               f"{[round(a, 4) for a in r['acc_ft_seeds']]}")
+    lat = d["latency_dense_vs_kernel_sparse"]
+    print(f"PyTorch batch {lat['batch']}: dense {lat['dense_ms']:.3f} ms, DKP (zero kernels, dense conv) "
+          f"{lat['dkp_ms']:.3f} ms, ratio {lat['ratio_dkp_over_dense']:.2f}")
     for key, title in (("npn", "uniform gate penalty"), ("npn_macs", "MACs-weighted gate penalty (extension)")):
         n = out[key]
         print(f"\nNPN lambda sweep, {title}, vs uniform L1 at matched MACs (widths = learned per-layer counts)")

@@ -1,5 +1,6 @@
 """DCP: greedy pick order, adaptive stopping rule, and that the pruned model keeps exactly the selected
-channels (shapes, weights, function)."""
+channels (shapes, weights, function). DKP: kernel greedy pick, kernel counts, persistent masks through
+fine-tuning, loss not increased by the weight optimisation, kernel-sparse MACs."""
 
 from __future__ import annotations
 
@@ -14,14 +15,21 @@ from torchslim.core.errors import ConfigError
 from torchslim.pruning.api import PruneError
 from torchslim.pruning.dcp import (
     DCPConfig,
+    DKPConfig,
     adaptive_stop,
     dcp_layers,
     dcp_select_,
+    dkp_prune_,
     greedy_pick,
+    greedy_pick_kernels,
+    kernel_sparse_macs,
     prune_selected_,
+    remove_kernel_masks_,
     select_channels_,
+    select_kernels_,
 )
-from torchslim.train import TrainConfig
+from torchslim.pruning.importance import n_keep
+from torchslim.train import TrainConfig, Trainer
 
 
 def test_greedy_pick_hand_case() -> None:
@@ -158,3 +166,122 @@ def test_layers_and_bad_input() -> None:
         prune_selected_(m, x1, {"0": torch.tensor([], dtype=torch.long)})
     with pytest.raises(PruneError, match="out of range for a group of 8"):
         prune_selected_(m, x1, {"0": torch.tensor([0, 9])})
+
+
+# ------------------------------------------------------------------------------------------------------
+# DKP
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_greedy_pick_kernels_hand_case() -> None:
+    """Kernel norms of a [2, 2, 1, 2] gradient by hand: (0,0) 5, (0,1) 1, (1,0) 2.24, (1,1) 5 -> (0,0) and
+    (1,1) tie at 5 (lower flat index first), then (1,0), then (0,1)."""
+    g = torch.tensor([[[[3.0, 4.0]], [[1.0, 0.0]]], [[[1.0, 2.0]], [[0.0, 5.0]]]])
+    sel = torch.zeros(2, 2, dtype=torch.bool)
+    assert greedy_pick_kernels(g, sel, k=4) == [(0, 0), (1, 1), (1, 0), (0, 1)]
+    sel[0, 0] = True
+    assert greedy_pick_kernels(g, sel) == [(1, 1)]
+    with pytest.raises(ValueError, match="already selected"):
+        greedy_pick_kernels(g, torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_dkp_first_pick_is_argmax_of_hand_kernel_gradient_norms() -> None:
+    """1x1 conv, reconstruction only: at A = {} the output is the bias, dL/dW[o, j] =
+    (2/M) sum (b_o - y[n,o,h,w]) x[n,j,h,w] (hand formula). Metric: relative error of the reported kernel
+    gradient norms vs the hand ones, tolerance 1e-5; the first greedy pick (one kernel per step) must be
+    their argmax."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 3, 3)
+    w_true = torch.tensor([[0.1, -0.2, 2.0], [1.5, 0.5, 0.0]]).reshape(2, 3, 1, 1)
+    y = torch.nn.functional.conv2d(x, w_true)
+    layer = nn.Conv2d(3, 2, 1)
+    assert layer.bias is not None
+    resid = layer.bias.detach().view(1, 2, 1, 1) - y
+    hand = (torch.einsum("nohw,njhw->oj", resid, x) * 2 / y.numel()).abs().reshape(-1).double()
+    cfg = DKPConfig(steps_per_pick=0, final_steps=0, kernels_per_step=1)
+    sel = select_kernels_(layer, x, y, torch.zeros(32, dtype=torch.long), None, cfg, max_keep=2)
+    assert torch.allclose(sel.first_grad_norms, hand, rtol=1e-5, atol=1e-8)
+    assert sel.order[0] == int(hand.argmax())
+
+
+def test_dkp_kernel_count_matches_target() -> None:
+    """ratio 0.7 of a 6x4 conv (24 kernels) keeps n_keep(24, 0.7) = 8 kernels, in batches of
+    kernels_per_step = 3 (3 + 3 + 2); the weight has exactly 8 nonzero kernels, those of ``order``."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 4, 5, 5)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    y = torch.randn(40, 6, 5, 5)
+    k = n_keep(24, 0.7)
+    sel = select_kernels_(conv, x, y, torch.zeros(40, dtype=torch.long), None,
+                          DKPConfig(kernels_per_step=3, steps_per_pick=1, final_steps=2), max_keep=k)
+    assert k == 8 and len(sel.order) == 8 and len(sel.losses) == 4 and sel.stopped == "fixed"
+    nz = (conv.weight.detach().abs().sum(dim=(2, 3)) > 0).reshape(-1)
+    assert sorted(torch.nonzero(nz).flatten().tolist()) == sorted(sel.order)
+
+
+def test_dkp_optimisation_does_not_increase_loss() -> None:
+    """Same selection (final_steps only runs after it), 0 vs 60 final SGD steps: the reconstruction loss of
+    the selected kernels after optimisation <= before (metric: MSE on the calibration samples)."""
+    torch.manual_seed(2)
+    x = torch.randn(64, 3, 4, 4)
+    y = torch.nn.functional.conv2d(x, torch.randn(4, 3, 3, 3), padding=1)
+    labels = torch.zeros(64, dtype=torch.long)
+    base = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    losses = []
+    orders = []
+    for final in (0, 60):
+        conv = copy.deepcopy(base)
+        sel = select_kernels_(conv, x, y, labels, None,
+                              DKPConfig(kernels_per_step=2, steps_per_pick=0, final_steps=final, lr=0.05,
+                                        batch_size=64), max_keep=6)
+        orders.append(sel.order)
+        with torch.no_grad():
+            losses.append(float(torch.nn.functional.mse_loss(conv(x), y)))
+    assert orders[0] == orders[1]
+    assert losses[1] <= losses[0] and losses[1] < 0.95 * losses[0]
+
+
+def test_dkp_masks_persist_through_finetuning() -> None:
+    """dkp_prune_ keeps n_keep(out*in, ratio) kernels per conv; after fine-tuning with SGD + momentum +
+    weight decay the masked kernels are EXACTLY zero (effective and underlying weights); removing the masks
+    leaves a plain state dict and the same outputs (max abs difference 0)."""
+    torch.manual_seed(0)
+    m = _net()
+    x1 = (torch.randn(1, 1, 6, 6),)
+    data = TensorDataset(torch.randn(48, 1, 6, 6), torch.randint(0, 3, (48,)))
+    cfg = DKPConfig(ratio=0.75, aux_train=TrainConfig(epochs=1, batch_size=16), final_steps=3, calib_samples=48)
+    res = dkp_prune_(m, cfg, data, x1)
+    assert set(res.masks) == {"0", "3"}
+    assert int(res.masks["0"].sum()) == n_keep(8, 0.75) and int(res.masks["3"].sum()) == n_keep(64, 0.75)
+    assert abs(res.kernel_sparsity - (1 - (2 + 16) / 72)) < 1e-9
+    Trainer(m, TrainConfig(epochs=2, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-3),
+            progress=False).fit(data)
+    for path, mask in res.masks.items():
+        conv = m.get_submodule(path)
+        orig = conv.parametrizations.weight.original  # type: ignore[union-attr]
+        assert isinstance(orig, torch.Tensor)
+        assert torch.all(_w(m, int(path))[~mask] == 0) and torch.all(orig[~mask] == 0)
+        assert torch.any(orig[mask] != 0)
+    xs = torch.randn(5, 1, 6, 6)
+    m.eval()
+    with torch.no_grad():
+        before = m(xs)
+        remove_kernel_masks_(m)
+        assert torch.equal(m(xs), before)
+    assert "0.weight" in m.state_dict() and not any("parametrizations" in k for k in m.state_dict())
+    dense, sparse = kernel_sparse_macs(m, x1)
+    # conv0: 8 kernels x 9 x 36 px -> 2 kept; conv3: 64 kernels x 9 x 36 px -> 16 kept (hand count)
+    assert dense - sparse == (8 - 2) * 9 * 36 + (64 - 16) * 9 * 36
+
+
+def test_dkp_bad_input() -> None:
+    m = _net()
+    x1 = (torch.randn(1, 1, 6, 6),)
+    data = TensorDataset(torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,)))
+    with pytest.raises(ConfigError, match="not prunable convs"):
+        dkp_prune_(m, DKPConfig(layer_ratios={"nope": 0.5}), data, x1)
+    with pytest.raises(ConfigError, match=r"in \[0, 1\)"):
+        dkp_prune_(m, DKPConfig(layer_ratios={"3": 1.5}), data, x1)
+    with pytest.raises(ConfigError, match="groups=1"):
+        select_kernels_(nn.Conv2d(2, 2, 1, groups=2), torch.randn(2, 2, 1, 1), torch.randn(2, 2, 1, 1),
+                        torch.zeros(2, dtype=torch.long), None, DKPConfig(), 1)
