@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torchslim.pruning.adp import ADPConfig, adp_train
 from torchslim.pruning.api import ChannelPrune, GroupInfo, PruneError, PruneResult, count_params, prune_
-from torchslim.pruning.dcp import DCPConfig, dcp_prune_
+from torchslim.pruning.dcp import DCPConfig, DKPConfig, dcp_prune_, dkp_prune_
 from torchslim.pruning.dsc import DSCConfig, dsc_train
 from torchslim.pruning.knapsack import KnapsackPrune, knapsack_prune_
 from torchslim.pruning.npn import NPNConfig, npn_prune_
@@ -17,11 +17,13 @@ __all__ = [
     "ADPConfig",
     "ChannelPrune",
     "DCPConfig",
+    "DKPConfig",
     "DSCConfig",
     "KnapsackPrune",
     "NPNConfig",
     "adp_train",
     "dcp_prune_",
+    "dkp_prune_",
     "dsc_train",
     "knapsack_prune_",
     "npn_prune_",
