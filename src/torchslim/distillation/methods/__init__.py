@@ -19,7 +19,8 @@
 The three-part KD diagnostics of Tang et al. 2020 live in :mod:`torchslim.distillation.diagnostics`.
 
 Import the submodules directly (this package imports nothing heavy), e.g.
-``from torchslim.distillation.methods.hydra import HydraKD, HydraStudent, hydra_distill``.
+``from torchslim.distillation.methods.hydra import HydraKD, HydraStudent, hydra_distill`` (regression:
+``HydraRegressionStudent, hydra_regression_distill``).
 """
 
 from __future__ import annotations
