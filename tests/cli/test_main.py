@@ -156,7 +156,8 @@ def test_quantize_help_lists_methods_and_options():
         ({"method": "knapsack", "macs": 0.3, "exclude": ["fc"]}, [{"type": "knapsack_prune", "macs_ratio": 0.3,
                                                                     "exclude": ["fc"]}, {"type": "hinton_kd"}]),
         ({"method": "dcp", "ratio": 0.25, "distill_epochs": 0}, [{"type": "dcp_prune", "ratio": 0.25}]),
-        ({"method": "npn", "sparsity": 2.0, "distill_epochs": 0}, [{"type": "npn_prune", "sparsity": 2.0}]),
+        ({"method": "npn", "sparsity": 2.0, "distill_epochs": 0}, [{"type": "npn_prune", "sparsity": 2.0,
+                                                                   "round_to": 16}]),
     ],
 )
 def test_prune_options_map_to_recipe_stages(args, expected):

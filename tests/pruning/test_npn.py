@@ -112,6 +112,14 @@ def test_gate_keep_threshold_and_minimum() -> None:
     assert keep["a"].tolist() == [0, 2]
 
 
+def test_gate_keep_rounds_up_to_multiples_and_caps_at_width() -> None:
+    """round_to: 3 gates above threshold -> 4 kept (the next highest gate joins); never more than the width."""
+    g = torch.tensor([0.9, 0.1, 0.6, 0.3, 0.7, 0.2])
+    assert gate_keep({"a": g}, 0.5, round_to=4)["a"].tolist() == [0, 2, 3, 4]
+    assert gate_keep({"a": g}, 0.5, round_to=8)["a"].tolist() == list(range(6))
+    assert gate_keep({"a": g}, 0.5, round_to=3)["a"].tolist() == [0, 2, 4]
+
+
 def test_pruner_shape_and_errors() -> None:
     m = _net()
     p = PrunerNet(m, 10, gate_init=3.0)

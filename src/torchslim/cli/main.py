@@ -199,7 +199,8 @@ def prune_stages(
     elif method == "npn":
         if ratio is not None or macs is not None:
             raise ConfigError("options: npn learns the widths; set the penalty with --sparsity, not --ratio/--macs")
-        stage = {"type": "npn_prune", "sparsity": sparsity, "min_channels": min_channels, **sel}
+        stage = {"type": "npn_prune", "sparsity": sparsity, "min_channels": min_channels, "round_to": round_to,
+                 **sel}
     elif method == "dcp":
         if macs is not None:
             raise ConfigError("options.macs: dcp prunes a ratio per layer; use --ratio")

@@ -18,7 +18,7 @@ exactly 0 makes the channel invisible to every consumer and removing it does not
 The pruner is a copy of the target whose last Linear layer's INPUT (the penultimate features) feeds the
 gate head ``Linear(features, number of filters)``; the head's bias starts at ``gate_init`` (logit) so every
 gate starts open. ``train_target=False`` (default) trains the pruner only, on the frozen pretrained target.
-Not implemented: the KD and quantization combinations the paper mentions.
+Composition with KD and int8 quantisation runs as a recipe: examples/recipes/npn_kd_int8.yaml, docs/npn-compose.md.
 
 Example::
 
@@ -86,6 +86,9 @@ class NPNConfig(Config):
         train_target: also train the target's weights (False: only the pruner learns).
         gate_samples: training samples averaged for the one-shot keep decision (the first ones).
         min_channels: every gated group keeps at least this many filters (highest mean gates).
+        round_to: the kept count of every group is rounded *up* to a multiple of this (the next highest
+            mean gates are kept), capped at the group's width; runtimes' fast kernels want multiples of 8/16,
+            and odd learned widths can make the pruned model no faster in ORT (docs/npn-compose.md).
         penalty: ``"uniform"`` (every gate weighs the same: the plain sparsity on the gates) or ``"macs"`` (each gate weighted
             by the MACs its filter's removal saves, :func:`torchslim.pruning.knapsack.channel_costs`,
             normalised to mean 1; an extension, not in the paper).
@@ -104,6 +107,7 @@ class NPNConfig(Config):
     train_target: bool = False
     gate_samples: int = Field(default=2048, ge=1)
     min_channels: int = Field(default=1, ge=1)
+    round_to: int = Field(default=1, ge=1)
     penalty: Literal["uniform", "macs"] = "uniform"
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
@@ -293,19 +297,23 @@ def macs_gate_weights(model: nn.Module, layout: GateLayout, example_inputs: tupl
 
 
 def gate_keep(mean_gates: dict[str, torch.Tensor], threshold: float, min_channels: int = 1,
-              ) -> dict[str, torch.Tensor]:
-    """Kept filters per group: mean gate ``>= threshold``; at least ``min_channels`` (the highest gates).
+              round_to: int = 1) -> dict[str, torch.Tensor]:
+    """Kept filters per group: mean gate ``>= threshold``; at least ``min_channels`` (the highest gates);
+    the count rounded up to a multiple of ``round_to`` (capped at the group's width).
 
     Example:
         >>> import torch
         >>> gate_keep({"a": torch.tensor([0.9, 0.1, 0.6]), "b": torch.tensor([0.2, 0.3])}, 0.5)
         {'a': tensor([0, 2]), 'b': tensor([1])}
+        >>> gate_keep({"a": torch.tensor([0.9, 0.1, 0.6, 0.3])}, 0.8, round_to=2)
+        {'a': tensor([0, 2])}
     """
     from torchslim.pruning.importance import top_channels
 
     out = {}
     for name, g in mean_gates.items():
         k = max(int((g >= threshold).sum()), min(min_channels, g.numel()))
+        k = min(-(-k // round_to) * round_to, g.numel())
         out[name] = top_channels(g.to(torch.float64), k)
     return out
 
@@ -376,7 +384,7 @@ def npn_train(target: nn.Module, config: NPNConfig, data: Dataset[Any], example_
             p.requires_grad_(True)
     res = NPNResult(layout=layout, pruner=pruner, history=hist)
     res.mean_gates = mean_gates(pruner, layout, data, config.gate_samples)
-    res.keep = gate_keep(res.mean_gates, config.threshold, config.min_channels)
+    res.keep = gate_keep(res.mean_gates, config.threshold, config.min_channels, config.round_to)
     res.widths = {n: int(k.numel()) for n, k in res.keep.items()}
     res.ratios = {n: res.widths[n] / c for n, _, c in layout.groups}
     target.eval()

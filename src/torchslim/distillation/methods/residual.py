@@ -2,8 +2,9 @@
 
 A student ``S`` mimics a teacher feature ``F_T`` (captured by a forward hook on ``teacher_layer``, the teacher
 is not edited) and an assistant ``A`` learns the residual ``F_T - F_S``; at inference the head reads
-``F_S + F_A``. The paper carves ``S`` and ``A`` out of one compute budget (e.g. 70% / 30% of the FLOPs), so the
-pair costs what a single student would.
+``F_S + F_A``. The paper derives ``S`` and ``A`` from one given model "without increasing the total
+computational cost" (abstract); the 70% / 30% FLOPs split and the uniform-width rule of :func:`carve` are
+this library's reading (the paper's method section could not be retrieved to check them; docs/residual-kd.md).
 
 Per step (``F_S = S(x)``, ``F_A = A(x)``, ``z = head(F_S + F_A)``, teacher logits ``t``)::
 
@@ -357,7 +358,7 @@ def _carve(
     if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) < 1.0:
         raise ConfigError(
             f"carve: ratio is the student's share of the MACs budget and must be in (0, 1), got {ratio!r} "
-            "(the paper's split is 0.7: S gets 70%, A 30%)"
+            "(the default reading is 0.7: S gets 70%, A 30%)"
         )
     if not isinstance(example_inputs, tuple):
         raise ConfigError(
@@ -431,7 +432,7 @@ def carve(
 
     Args:
         model: the given student body (input -> teacher-shaped feature); FX-traceable. Not modified.
-        ratio: the student's share of the budget, in (0, 1) (the paper's split: 0.7).
+        ratio: the student's share of the budget, in (0, 1) (0.7 in the project digest; not verified against the paper's body).
         example_inputs: tuple of example inputs, e.g. ``(torch.randn(1, 1, 8, 8),)``; MACs are per this call.
         reset: re-initialise all parameters (and BatchNorm statistics) of ``S`` and ``A`` (train from scratch).
             ``False`` keeps the weights of the channels ranked highest by ``importance`` in ``model`` (the
