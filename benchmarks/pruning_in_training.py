@@ -14,13 +14,18 @@ relevance score (the paper) or by L1 filter norm (same schedule, same surgery).
 Part 2, hyper/hypo neurons (PAPERS #30). A digits CNN with two hidden FC layers (128, 64) trained on
 upright digits. Activation frequencies of the FC neurons on the unlabelled rotated training images; the
 top-k hyper and top-k hypo neurons of each FC layer are removed (with and without replacing them by their
-mean activation), then target (rotated test) accuracy. Adaptation: entropy minimisation on the unlabelled
-rotated training images updating only the hyper/hypo neurons vs the whole FC layers (same steps, LR).
+mean activation), then target (rotated test) accuracy. Adaptation on the unlabelled rotated training images
+(entropy minimisation, or cross-entropy against the unadapted model's predictions = pseudo-labels; BatchNorm
+statistics frozen): only the hyper/hypo neurons vs the whole FC layers (same epochs, LR), each followed by
+full-network unsupervised fine-tuning (the paper's order), vs blind full-network adaptation for the same
+total epochs.
 
 Part 3, AutoLR (PAPERS #41). A digits ResNet (16/32/64, blocks 1/1/2) trained on upright digits, then
-fine-tuned on rotated digits (labelled) with one LR vs AutoLR (per-layer LRs tuned for ascending weight
-variation), same epochs. Then the last stage-3 block is dropped (replaced by identity) before AutoLR
-fine-tuning, and separately from the fine-tuned model without retraining.
+fine-tuned on rotated digits (labelled) with one LR vs AutoLR (per-layer LRs re-tuned, with epoch roll-back,
+until the per-weight variation is ascending; at most 3 trainings of an epoch), same accepted epochs; the
+full mode also gives single LR the epochs AutoLR spent. Then the last stage-3 block is dropped (replaced by
+identity) before AutoLR fine-tuning, and separately from the fine-tuned model without retraining; the
+low-variation drop candidates (single-LR variation below the mean of the layers under them) are reported.
 
 MACs only (no latency). Writes ``benchmarks/results/pruning_in_training.json``.
 """
@@ -103,6 +108,7 @@ def part_hyperhypo(train: TensorDataset, test: TensorDataset, seeds: list[int], 
         activation_frequency,
         adapt_neurons,
         classify_neurons,
+        finetune_network,
         mean_activations,
         remove_neurons_,
         top_hyper_hypo,
@@ -139,30 +145,51 @@ def part_hyperhypo(train: TensorDataset, test: TensorDataset, seeds: list[int], 
             rows.setdefault(f"remove_random{2 * k}", []).append(top1(mm.eval(), tgt_test))
         k = ks[-1]
         pick = top_hyper_hypo(freq, k, k)
-        ac = AdaptConfig(train=TrainConfig(epochs=adapt_epochs, batch_size=64, lr=0.01, schedule="constant",
-                                           seed=s))
-        for name, kw in (("adapt_hyperhypo", {"neurons": pick}), ("adapt_whole_layers", {"layers": layers})):
-            mm = copy.deepcopy(m)
-            adapt_neurons(mm, TensorDataset(tgt_train.tensors[0]), ac, **kw)  # type: ignore[arg-type]
-            rows.setdefault(name, []).append(top1(mm.eval(), tgt_test))
+        unl = TensorDataset(tgt_train.tensors[0])
+        for loss in ("entropy", "pseudo_label"):
+            sfx = "" if loss == "entropy" else "_pseudo"
+            ac = AdaptConfig(train=TrainConfig(epochs=adapt_epochs, batch_size=64, lr=0.01, schedule="constant",
+                                               seed=s), loss=loss)
+            ac2 = ac.model_copy(update={"train": ac.train.model_copy(update={"epochs": 2 * adapt_epochs})})
+            for name, kw in (("adapt_hyperhypo", {"neurons": pick}), ("adapt_whole_layers", {"layers": layers})):
+                mm = copy.deepcopy(m)
+                adapt_neurons(mm, unl, ac, **kw)  # type: ignore[arg-type]
+                rows.setdefault(name + sfx, []).append(top1(mm.eval(), tgt_test))
+                # the paper's second stage: full-network unsupervised fine-tuning (same epochs again)
+                finetune_network(mm, unl, ac)
+                rows.setdefault(name + "_then_full" + sfx, []).append(top1(mm.eval(), tgt_test))
+            mm = copy.deepcopy(m)  # blind adaptation of the whole network, same total epochs
+            finetune_network(mm, unl, ac2)
+            rows.setdefault("blind_full_network" + sfx, []).append(top1(mm.eval(), tgt_test))
     return {"rotation_deg": ROT, "ks": ks, "acc": {k: _mean(v) for k, v in rows.items()}, "acc_seeds": rows,
             "classes_at_0.95_0.05": classes, "adapt_k": ks[-1]}
 
 
 def part_autolr(train: TensorDataset, test: TensorDataset, seeds: list[int], epochs: int, ft_epochs: int,
-                ) -> dict[str, Any]:
+                max_trials: int, same_compute: bool) -> dict[str, Any]:
     from torchslim.bench.accuracy import top1
-    from torchslim.pruning.autolr import AutoLRConfig, autolr_finetune, drop_layers_, is_ascending
+    from torchslim.pruning.autolr import (
+        AutoLRConfig,
+        autolr_finetune,
+        choose_drops,
+        drop_layers_,
+        is_ascending,
+        low_variation_layers,
+        sorting_score,
+    )
     from torchslim.train import TrainConfig, Trainer
     from torchslim.zoo.resnet import ResNet
 
     tgt_train, tgt_test = rotated(train, 45.0), rotated(test, 45.0)
     x1 = train.tensors[0][:1]
-    layers = ["stem", "layer1.0", "layer2.0", "layer3.0", "layer3.1", "fc"]
+    # tuned layers; the stem is tied to 0.5 x layer1.0's LR and not scored, the classifier keeps the base LR
+    # (both as in the reference code)
+    layers = ["stem", "layer1.0", "layer2.0", "layer3.0", "layer3.1"]
     ft = TrainConfig(epochs=ft_epochs, batch_size=64, lr=0.01, schedule="constant", weight_decay=0.0)
     rows: dict[str, list[float]] = {}
     var: dict[str, list[Any]] = {"single": [], "autolr": []}
-    mults: list[dict[str, float]] = []
+    extra: dict[str, list[Any]] = {"multipliers": [], "epochs_trained": [], "trials_per_epoch": [],
+                                   "drop_candidates": [], "drops_kept": []}
     for s in seeds:
         torch.manual_seed(s)
         pre = ResNet(widths=(16, 32, 64), blocks=(1, 1, 2), strides=(1, 2, 2), stem_stride=1)
@@ -170,25 +197,45 @@ def part_autolr(train: TensorDataset, test: TensorDataset, seeds: list[int], epo
         rows.setdefault("pretrained_source", []).append(top1(pre.eval(), test))
         rows.setdefault("pretrained_target", []).append(top1(pre.eval(), tgt_test))
         fts = ft.model_copy(update={"seed": s})
+        single_var: dict[str, float] = {}
         for name, tune in (("single", False), ("autolr", True)):
             m = copy.deepcopy(pre)
-            r = autolr_finetune(m, tgt_train, AutoLRConfig(train=fts, layers=layers, tune=tune))
+            r = autolr_finetune(m, tgt_train, AutoLRConfig(train=fts, layers=layers, tune=tune,
+                                                           max_trials=max_trials, first_layer_factor=0.5))
             rows.setdefault(name, []).append(top1(m.eval(), tgt_test))
-            var[name].append({"last_epoch": [round(v, 5) for v in r.last_variation],
-                              "total": [round(r.total_variation[p], 5) for p in layers],
-                              "last_ascending": is_ascending(r.last_variation),
-                              "total_ascending": is_ascending([r.total_variation[p] for p in layers])})
-            if tune:
-                mults.append({p: round(v, 4) for p, v in r.multipliers.items()})
-                dropped = copy.deepcopy(m)
-                drop_layers_(dropped, ["layer3.1"], (x1,))
-                rows.setdefault("autolr_then_drop_last_block_no_retrain", []).append(top1(dropped.eval(), tgt_test))
+            scored = r.last_variation[1:]  # without the stem
+            var[name].append({"last_epoch": [float(f"{v:.4g}") for v in r.last_variation],
+                              "total": [float(f"{r.total_variation[p]:.4g}") for p in layers],
+                              "last_score": sorting_score(scored),
+                              "last_ascending": is_ascending(scored),
+                              "total_ascending": is_ascending([r.total_variation[p] for p in layers[1:]])})
+            if not tune:
+                single_var = r.total_variation
+                continue
+            extra["multipliers"].append({p: round(v, 4) for p, v in r.multipliers.items()})
+            extra["epochs_trained"].append(r.epochs_trained)
+            extra["trials_per_epoch"].append([h["trials"] for h in r.history])
+            # layer pruning: top blocks that barely moved under single-LR fine-tuning, kept only while the
+            # (target-train) accuracy stays within 0.5 pt
+            cands = low_variation_layers(single_var, layers, droppable=["layer3.1", "layer1.0"])
+            kept, _ = choose_drops(m, cands, lambda mm: top1(mm.eval(), tgt_train), (x1,), tolerance=0.005)
+            extra["drop_candidates"].append(cands)
+            extra["drops_kept"].append(kept)
+            dropped = copy.deepcopy(m)
+            drop_layers_(dropped, ["layer3.1"], (x1,))
+            rows.setdefault("autolr_then_drop_last_block_no_retrain", []).append(top1(dropped.eval(), tgt_test))
+            if same_compute:  # single LR given the epochs AutoLR spent (re-trials included)
+                m2 = copy.deepcopy(pre)
+                autolr_finetune(m2, tgt_train, AutoLRConfig(
+                    train=fts.model_copy(update={"epochs": r.epochs_trained}), layers=layers, tune=False))
+                rows.setdefault("single_same_epochs_as_autolr", []).append(top1(m2.eval(), tgt_test))
         m = copy.deepcopy(pre)
         drop_layers_(m, ["layer3.1"], (x1,))
-        autolr_finetune(m, tgt_train, AutoLRConfig(train=fts, layers=[p for p in layers if p != "layer3.1"]))
+        autolr_finetune(m, tgt_train, AutoLRConfig(train=fts, layers=[p for p in layers if p != "layer3.1"],
+                                                   max_trials=max_trials, first_layer_factor=0.5))
         rows.setdefault("drop_last_block_then_autolr", []).append(top1(m.eval(), tgt_test))
-    return {"rotation_deg": 45.0, "layers": layers, "acc": {k: _mean(v) for k, v in rows.items()},
-            "acc_seeds": rows, "variation": var, "multipliers": mults}
+    return {"rotation_deg": 45.0, "layers": layers, "max_trials": max_trials,
+            "acc": {k: _mean(v) for k, v in rows.items()}, "acc_seeds": rows, "variation": var, **extra}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -215,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"hyper/hypo done ({out['hyperhypo']['wall_s']:.0f} s)", flush=True)
     t = time.time()
     out["autolr"] = part_autolr(train, test, seeds, epochs=10 if args.quick else 15,
-                                ft_epochs=6 if args.quick else 10)
+                                ft_epochs=6 if args.quick else 10, max_trials=3, same_compute=not args.quick)
     out["autolr"]["wall_s"] = time.time() - t
     out["wall_seconds"] = time.time() - t0
     if args.out == RESULTS and args.quick:
@@ -239,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, vs in a["variation"].items():
         print(f"  {name} variation last epoch: " + " | ".join(str(v["last_epoch"]) for v in vs)
               + f"; ascending {[v['last_ascending'] for v in vs]}")
+    print(f"  AutoLR epochs trained {a['epochs_trained']}, trials per epoch {a['trials_per_epoch']}, "
+          f"drop candidates {a['drop_candidates']}, kept {a['drops_kept']}")
     print(f"wall {out['wall_seconds']:.0f} s -> {args.out}")
     return out
 

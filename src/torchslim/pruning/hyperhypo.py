@@ -12,8 +12,18 @@ first (unsupervised), then fine-tunes the whole network.
   via the dependency-group handlers); optionally the removed neurons' mean activation on the target data is
   folded into the consumers' bias, so a hypo neuron's removal is (almost) exact and a hyper neuron is
   replaced by its mean.
-* :func:`adapt_neurons`: unsupervised adaptation by entropy minimisation on target data, updating only the
-  chosen neurons (their incoming weights and bias) or whole layers (``neurons=None``).
+* :func:`adapt_neurons`: unsupervised adaptation on target data, updating only the chosen neurons (their
+  incoming weights and bias) or whole layers (``neurons=None``); the loss is the prediction entropy or
+  cross-entropy against the unadapted model's own predictions (pseudo-labels, ``AdaptConfig.loss``);
+  BatchNorm running statistics stay frozen so that only the selected parameters change.
+* :func:`finetune_network`: the same unsupervised loss on every parameter (blind full-network adaptation),
+  and :func:`adapt_then_finetune`: selective neuron adaptation first, then full-network fine-tuning (the
+  paper's proposed order).
+
+Checked against: the abstract of arXiv 2001.01755 only (its full text could not be read here), so the
+exact hyper/hypo statistics and thresholds, the adaptation loss and the fine-tuning schedule of the paper
+are this module's choices, not the paper's: "hyper" = active (ReLU output > 0) on at least ``hyper`` of the
+target samples, "hypo" = on at most ``hypo``, or the top-k of each; the unsupervised losses above.
 
 Example::
 
@@ -32,7 +42,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +59,8 @@ __all__ = [
     "AdaptConfig",
     "activation_frequency",
     "adapt_neurons",
+    "adapt_then_finetune",
+    "finetune_network",
     "classify_neurons",
     "fc_layers",
     "mean_activations",
@@ -224,16 +236,22 @@ def mean_activations(model: nn.Module, data: Iterable[Any], layers: list[str]) -
 
 
 class AdaptConfig(Config):
-    """Unsupervised adaptation by entropy minimisation of the predictions on target inputs.
+    """Unsupervised adaptation on unlabelled target inputs.
 
     Attributes:
         train: the optimisation run (labels in the data are ignored; ``weight_decay`` is forced to 0 so that
             parameters outside the selection do not move).
+        loss: ``"entropy"`` (mean prediction entropy) or ``"pseudo_label"`` (cross-entropy against the
+            argmax predictions of the model *before* adaptation, computed once).
+        freeze_bn_stats: keep BatchNorm running statistics fixed during the run (BatchNorm layers in eval
+            mode), so that only the selected parameters change.
     """
 
     type_name: ClassVar[str] = "hyperhypo_adapt"
 
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, lr=0.01, schedule="constant"))
+    loss: Literal["entropy", "pseudo_label"] = "entropy"
+    freeze_bn_stats: bool = True
 
 
 def _entropy_step(model: nn.Module, batch: Any) -> torch.Tensor:
@@ -242,13 +260,54 @@ def _entropy_step(model: nn.Module, batch: Any) -> torch.Tensor:
     return -(logp.exp() * logp).sum(1).mean()
 
 
-class _GradMask:
-    def __init__(self, hooks: list[Any]) -> None:
+def _pseudo_step(model: nn.Module, batch: Any) -> torch.Tensor:
+    x, y = batch[0], batch[-1]
+    return F.cross_entropy(model(x), y)
+
+
+class _Hooks:
+    """Removes gradient hooks at the end of the run and keeps BatchNorm in eval mode during it."""
+
+    def __init__(self, hooks: list[Any], freeze_bn: bool) -> None:
         self.hooks = hooks
+        self.freeze_bn = freeze_bn
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if self.freeze_bn:
+            for m in trainer.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     def on_train_end(self, trainer: Trainer) -> None:
         for h in self.hooks:
             h.remove()
+
+
+def _target_set(model: nn.Module, data: Dataset[Any], loss: str, batch_size: int) -> Dataset[Any]:
+    """Inputs of ``data`` (labels dropped), with the model's own argmax predictions for ``pseudo_label``."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    xs = [b[0] if isinstance(b, (tuple, list)) else b for b in DataLoader(data, batch_size=batch_size)]
+    if not xs:
+        raise PruneError("adaptation: the target data is empty")
+    x = torch.cat(xs)
+    if loss != "pseudo_label":
+        return TensorDataset(x)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        y = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    model.train(was)
+    return TensorDataset(x, y)
+
+
+def _run(model: nn.Module, data: Dataset[Any], config: AdaptConfig, hooks: list[Any]) -> None:
+    target = _target_set(model, data, config.loss, config.train.batch_size)
+    cfg = config.train.model_copy(update={"weight_decay": 0.0})
+    step = _pseudo_step if config.loss == "pseudo_label" else _entropy_step
+    was = model.training
+    Trainer(model, cfg, step_fn=step, callbacks=[_Hooks(hooks, config.freeze_bn_stats)], progress=False).fit(target)
+    model.train(was)
 
 
 def adapt_neurons(
@@ -258,11 +317,15 @@ def adapt_neurons(
     neurons: dict[str, list[int]] | None = None,
     layers: list[str] | None = None,
 ) -> None:
-    """Adapt ``model`` in place to unlabelled target ``data`` by minimising the prediction entropy.
+    """Adapt ``model`` in place to unlabelled target ``data`` with the unsupervised loss of ``config``.
 
     Only the incoming weights and bias of the given ``neurons`` (Linear path -> output indices) move;
     ``neurons=None`` adapts the whole ``layers`` (default :func:`fc_layers`), i.e. blind layer adaptation.
     Every other parameter is frozen for the run (``requires_grad`` restored afterwards).
+
+    Raises:
+        ConfigError: ``config`` is not an :class:`AdaptConfig`.
+        PruneError: a path is not ``nn.Linear``, or the data is empty.
 
     Example::
 
@@ -289,10 +352,42 @@ def adapt_neurons(
                     mask[list(neurons.get(path, []))] = 1.0
                     mask = mask.reshape(-1, *([1] * (prm.dim() - 1)))
                     hooks.append(prm.register_hook(lambda g, m=mask: g * m))
-        cfg = config.train.model_copy(update={"weight_decay": 0.0})
-        Trainer(model, cfg, step_fn=_entropy_step, callbacks=[_GradMask(hooks)], progress=False).fit(data)
+        _run(model, data, config, hooks)
     finally:
         for h in hooks:
             h.remove()
         for n, p in model.named_parameters():
             p.requires_grad_(saved.get(n, True))
+
+
+def finetune_network(model: nn.Module, data: Dataset[Any], config: AdaptConfig) -> None:
+    """Unsupervised fine-tuning of every trainable parameter of ``model`` (``requires_grad``) on target
+    ``data`` (blind full-network adaptation; same losses as :func:`adapt_neurons`).
+
+    Example::
+
+        finetune_network(model, TensorDataset(target_x), AdaptConfig(loss="pseudo_label"))
+    """
+    if not isinstance(config, AdaptConfig):
+        raise ConfigError(f"finetune_network expects an AdaptConfig, got {type(config).__name__}")
+    _run(model, data, config, [])
+
+
+def adapt_then_finetune(
+    model: nn.Module,
+    data: Dataset[Any],
+    neurons: dict[str, list[int]],
+    adapt: AdaptConfig,
+    finetune: AdaptConfig,
+) -> None:
+    """The paper's order: adapt only the selected (hyper/hypo) ``neurons`` first (``adapt``), then fine-tune
+    the whole network (``finetune``), both unsupervised on the target ``data``. With ``"pseudo_label"``
+    each stage labels the data with the model as it is at the start of that stage.
+
+    Example::
+
+        pick = top_hyper_hypo(activation_frequency(model, batches), 8, 8)
+        adapt_then_finetune(model, target_set, pick, AdaptConfig(), AdaptConfig())
+    """
+    adapt_neurons(model, data, adapt, neurons=neurons)
+    finetune_network(model, data, finetune)
