@@ -16,6 +16,7 @@ group's layers at candidate widths and pick widths from the table:
    groups' probe latencies) meets the budget. Only widths on each group's *Pareto frontier* are
    candidates: a width is never picked when a larger width measured no slower.
 3. :func:`plot_table` draws latency vs width per group, marking the non-monotonic (dominated) points.
+4. :func:`snap_widths` moves FLOPs-proportional widths onto each group's frontier (local minima).
 
 Example::
 
@@ -23,9 +24,18 @@ Example::
     >>> choice = choose_widths(model, table, target_ratio=0.5)                           # doctest: +SKIP
     >>> prune_(model, ChannelPrune(ratio=0.0), (x,), widths=choice.widths)               # doctest: +SKIP
 
-The latency model is additive: a conv that consumes one group and produces another is timed in both
-groups' probes, so the estimate over-counts absolute time; it is used for relative changes only. Measure
-the pruned model end to end (``torchslim.bench.latency.compare``) to confirm.
+The table's raw estimate is additive: a conv that consumes one group and produces another is timed in
+both groups' probes (with its other side at full width), and the un-prunable layers and runtime overhead
+are not timed at all, so the sum over-counts some layers and misses others. :func:`fit_latency_model`
+calibrates it against reality: it physically prunes copies of the model to ``K`` random width
+assignments, times them end to end (interleaved), and fits ``measured_ms = a + b * table.estimate(widths)``
+by least squares, reporting R^2, MAPE and Spearman rank correlation on held-out assignments. The fitted
+:class:`LatencyModel` is stored on the table (``table.latency_model``, saved with it) and, passed to
+:func:`choose_widths`, makes ``target_latency_ms`` a budget in *measured end-to-end* milliseconds::
+
+    >>> lm = fit_latency_model(model, table, (x,), k=16)                                  # doctest: +SKIP
+    >>> lm.fit_quality["r2"], lm.fit_quality["mape"]                                      # doctest: +SKIP
+    >>> choice = choose_widths(model, table, target_latency_ms=10.0, latency_model=lm)    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -35,8 +45,9 @@ import hashlib
 import json
 import math
 import os
+import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,9 +58,144 @@ from torch import nn
 from torchslim.core.graph import run_with_hooks
 from torchslim.pruning.api import PruneError
 
-__all__ = ["LatencyTable", "WidthChoice", "choose_widths", "measure_table", "plot_table"]
+__all__ = [
+    "LatencyModel",
+    "LatencyTable",
+    "WidthChoice",
+    "choose_widths",
+    "fit_affine",
+    "fit_latency_model",
+    "fit_quality",
+    "measure_table",
+    "plot_table",
+    "random_widths",
+    "snap_widths",
+]
 
 Runtime = Literal["ort", "torch"]
+
+
+# ------------------------------------------------------------------------------------------------ end-to-end model
+def fit_affine(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares ``(a, b)`` of ``y ~ a + b * x`` (float64).
+
+    Example::
+
+        >>> fit_affine([1.0, 2.0, 3.0], [2.5, 4.5, 6.5])
+        (0.5, 2.0)
+
+    Raises:
+        ValueError: fewer than two points, different lengths, or all ``x`` equal (slope undetermined).
+    """
+    if len(x) != len(y):
+        raise ValueError(f"fit_affine: x has {len(x)} values and y {len(y)}; pass one y per x")
+    if len(x) < 2:
+        raise ValueError(f"fit_affine: need at least 2 points to fit a line, got {len(x)}")
+    xt = torch.tensor(list(x), dtype=torch.float64)
+    yt = torch.tensor(list(y), dtype=torch.float64)
+    if float(xt.max() - xt.min()) <= 1e-12 * max(1.0, float(xt.abs().max())):
+        raise ValueError("fit_affine: all x are equal, the slope is undetermined; use assignments whose "
+                         "table estimates differ")
+    design = torch.stack([torch.ones_like(xt), xt], dim=1)
+    sol = torch.linalg.lstsq(design, yt[:, None], driver="gelsd").solution[:, 0]
+    return round(float(sol[0]), 12), round(float(sol[1]), 12)
+
+
+def _ranks(v: Sequence[float]) -> list[float]:
+    order = sorted(range(len(v)), key=lambda i: v[i])
+    ranks = [0.0] * len(v)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):  # ties get the average rank
+            ranks[order[k]] = (i + j) / 2.0
+        i = j + 1
+    return ranks
+
+
+def fit_quality(measured: Sequence[float], predicted: Sequence[float]) -> dict[str, float]:
+    """Agreement of predictions with measurements: ``r2`` (1 - SS_res / SS_tot), ``mape`` (mean |error| /
+    measured, a fraction), ``spearman`` (rank correlation, average ranks for ties) and ``n``.
+
+    Example::
+
+        >>> q = fit_quality([1.0, 2.0, 4.0], [1.0, 2.0, 4.0])
+        >>> (q["r2"], q["mape"], round(q["spearman"], 12))
+        (1.0, 0.0, 1.0)
+    """
+    if len(measured) != len(predicted) or len(measured) < 2:
+        raise ValueError(f"fit_quality: need >= 2 paired values, got {len(measured)} and {len(predicted)}")
+    y = torch.tensor(list(measured), dtype=torch.float64)
+    p = torch.tensor(list(predicted), dtype=torch.float64)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    ss_res = float(((y - p) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else -math.inf)
+    mape = float(((y - p).abs() / y.abs().clamp_min(1e-12)).mean())
+    ry = torch.tensor(_ranks(list(measured)), dtype=torch.float64)
+    rp = torch.tensor(_ranks(list(predicted)), dtype=torch.float64)
+    ry, rp = ry - ry.mean(), rp - rp.mean()
+    den = float(ry.norm() * rp.norm())
+    rho = float((ry * rp).sum()) / den if den > 0 else math.nan
+    return {"r2": r2, "mape": mape, "spearman": rho, "n": float(len(measured))}
+
+
+@dataclass
+class LatencyModel:
+    """Whole-model latency predicted from a :class:`LatencyTable`: ``ms = a + b * table.estimate(widths)``.
+
+    Attributes:
+        a, b: intercept (ms; un-timed layers and runtime overhead) and slope (measured ms per table ms).
+        fit_quality: ``{"fit": {...}, "test": {...}}`` each from :func:`fit_quality` (held-out ``test``).
+        points: the measured assignments: ``{"widths", "table_ms", "measured_ms", "split"}``.
+        runtime, threads, input_shape: how the end-to-end latencies were measured.
+        table_key: the :attr:`LatencyTable.key` the model was fitted for.
+
+    Example::
+
+        >>> lm = LatencyModel(a=1.0, b=0.5)
+        >>> lm.predict_sum(10.0), lm.table_budget(6.0)
+        (6.0, 10.0)
+    """
+
+    a: float
+    b: float
+    fit_quality: dict[str, dict[str, float]] = field(default_factory=dict)
+    points: list[dict[str, Any]] = field(default_factory=list)
+    runtime: str = "ort"
+    threads: int = 1
+    input_shape: list[int] = field(default_factory=list)
+    table_key: str = ""
+
+    def predict_sum(self, table_ms: float) -> float:
+        """Predicted end-to-end ms for a table estimate (sum of probe latencies) of ``table_ms``."""
+        return self.a + self.b * table_ms
+
+    def predict(self, table: LatencyTable, widths: Mapping[str, int]) -> float:
+        """Predicted end-to-end ms of the model pruned to ``widths`` (groups not named stay at full width)."""
+        return self.predict_sum(table.estimate(widths))
+
+    def table_budget(self, ms: float) -> float:
+        """The table estimate whose prediction is ``ms`` (inverse of :meth:`predict_sum`)."""
+        if self.b <= 0:
+            raise ValueError(f"latency model slope b={self.b:.4g} <= 0: the table does not predict the model's "
+                             "latency; re-measure with more repeats or a wider spread of widths")
+        return (ms - self.a) / self.b
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a, "b": self.b, "fit_quality": self.fit_quality, "points": self.points,
+                "runtime": self.runtime, "threads": self.threads, "input_shape": self.input_shape,
+                "table_key": self.table_key}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyModel:
+        try:
+            return cls(float(d["a"]), float(d["b"]), dict(d.get("fit_quality", {})), list(d.get("points", [])),
+                       str(d.get("runtime", "ort")), int(d.get("threads", 1)), list(d.get("input_shape", [])),
+                       str(d.get("table_key", "")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a latency model ({e}); refit it with fit_latency_model") from e
 
 
 @dataclass
@@ -64,6 +210,8 @@ class LatencyTable:
         threads: intra-op threads used.
         key: fingerprint of (group structure, input shape, runtime, threads, widths) for the cache.
         meta: free-form details (versions, repeats).
+        latency_model: the end-to-end :class:`LatencyModel` fitted for this table (:func:`fit_latency_model`),
+            saved and loaded with it; None until fitted.
     """
 
     entries: dict[str, dict[int, float]]
@@ -73,6 +221,21 @@ class LatencyTable:
     threads: int = 1
     key: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    latency_model: LatencyModel | None = None
+
+    def estimate(self, widths: Mapping[str, int]) -> float:
+        """Sum over the table's groups of the probe latency at ``widths[group]`` (full width when absent).
+
+        Example::
+
+            >>> t = LatencyTable({"a": {8: 1.0, 16: 2.0}, "b": {4: 0.5, 8: 1.5}}, {"a": 16, "b": 8})
+            >>> t.estimate({"a": 8}), t.estimate({})
+            (2.5, 3.5)
+        """
+        unknown = sorted(set(widths) - set(self.entries))
+        if unknown:
+            raise KeyError(f"groups {unknown} are not in the latency table; table groups: {sorted(self.entries)}")
+        return sum(self.latency(g, int(widths.get(g, self.channels[g]))) for g in self.entries)
 
     def latency(self, group: str, width: int) -> float:
         """Measured ms of ``group`` at ``width`` (KeyError naming the measured widths otherwise)."""
@@ -82,16 +245,19 @@ class LatencyTable:
             have = sorted(self.entries.get(group, {}))
             raise KeyError(f"no latency for group {group!r} at width {width}; measured widths: {have}") from None
 
-    def frontier(self, group: str) -> list[int]:
+    def frontier(self, group: str, rel_tol: float = 0.0) -> list[int]:
         """Widths (ascending) not dominated by a larger width: ``w`` is dropped when some ``w' > w`` was
-        measured no slower."""
+        measured no slower (with ``rel_tol > 0``: faster by more than that fraction, so that timing noise of
+        a few percent does not thin the frontier out)."""
+        if rel_tol < 0:
+            raise ValueError(f"rel_tol must be >= 0, got {rel_tol}")
         row = self.entries[group]
         out = []
         best_above = math.inf
         for w in sorted(row, reverse=True):
-            if row[w] < best_above:
+            if row[w] < best_above * (1.0 + rel_tol) or (rel_tol > 0 and row[w] == best_above):
                 out.append(w)
-                best_above = row[w]
+            best_above = min(best_above, row[w])
         return sorted(out)
 
     def non_monotonic(self, group: str) -> list[int]:
@@ -104,15 +270,18 @@ class LatencyTable:
             "entries": {g: {str(w): ms for w, ms in row.items()} for g, row in self.entries.items()},
             "channels": self.channels, "runtime": self.runtime, "input_shape": self.input_shape,
             "threads": self.threads, "key": self.key, "meta": self.meta,
+            "latency_model": self.latency_model.to_dict() if self.latency_model is not None else None,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LatencyTable:
         try:
             entries = {g: {int(w): float(ms) for w, ms in row.items()} for g, row in d["entries"].items()}
+            lm = d.get("latency_model")
             return cls(entries, {g: int(c) for g, c in d["channels"].items()}, d.get("runtime", "ort"),
-                       list(d.get("input_shape", [])), int(d.get("threads", 1)), d.get("key", ""), d.get("meta", {}))
-        except (KeyError, TypeError, ValueError) as e:
+                       list(d.get("input_shape", [])), int(d.get("threads", 1)), d.get("key", ""), d.get("meta", {}),
+                       LatencyModel.from_dict(lm) if lm is not None else None)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a latency table ({e}); delete the file to re-measure") from e
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -281,18 +450,180 @@ def measure_table(
     return table
 
 
+def random_widths(table: LatencyTable, k: int, seed: int = 0, min_width: int = 1,
+                  low: float = 0.15) -> list[dict[str, int]]:
+    """``k`` random width assignments over the table's measured widths, spread over the whole latency range.
+
+    Each assignment draws a global keep fraction ``s ~ U(low, 1)`` and, per group, the measured width nearest
+    to ``s * channels * U(0.75, 1.25)`` (at least ``min_width`` where measured): assignments then range from
+    heavily pruned to full, and groups vary independently around the common level, so that a fit on them
+    sees both the overall scale and the per-group differences. The first assignment is always full width.
+
+    Example::
+
+        >>> t = LatencyTable({"a": {8: 1.0, 16: 2.0}}, {"a": 16})
+        >>> ws = random_widths(t, 4, seed=0)
+        >>> ws[0], all(w["a"] in (8, 16) for w in ws)
+        ({'a': 16}, True)
+    """
+    if k < 1:
+        raise ValueError(f"random_widths: k must be >= 1, got {k}")
+    if not 0 < low <= 1:
+        raise ValueError(f"random_widths: low must be in (0, 1], got {low}")
+    rng = random.Random(seed)
+    out = [{g: table.channels[g] for g in table.entries}]
+    while len(out) < k:
+        s = rng.uniform(low, 1.0)
+        a: dict[str, int] = {}
+        for g in table.entries:
+            ws = sorted(w for w in table.entries[g] if w >= min(min_width, table.channels[g]))
+            ws = ws or [table.channels[g]]
+            goal = s * table.channels[g] * rng.uniform(0.75, 1.25)
+            a[g] = min(ws, key=lambda w: (abs(w - goal), w))  # noqa: B023 (used at once)
+        out.append(a)
+    return out
+
+
+def fit_latency_model(
+    model: nn.Module,
+    table: LatencyTable,
+    example_inputs: tuple[Any, ...],
+    k: int = 16,
+    holdout: float = 0.25,
+    assignments: Sequence[Mapping[str, int]] | None = None,
+    repeats: int = 7,
+    seed: int = 0,
+    min_width: int = 1,
+    min_sample_s: float = 0.05,
+    pause_s: float = 0.0,
+) -> LatencyModel:
+    """Fit ``measured_ms = a + b * table.estimate(widths)`` on physically pruned copies of ``model``.
+
+    Copies of ``model`` are pruned to ``k`` width assignments (:func:`random_widths`, or ``assignments``)
+    with ``prune_(widths=...)``, and timed end to end, interleaved in one :func:`~torchslim.bench.latency.compare`
+    run, in the table's runtime (ORT: exported with a static batch, like the table's probes) and thread count at
+    ``example_inputs``. The first ``k - round(holdout * k)`` assignments are fitted by least squares
+    (:func:`fit_affine`), the rest only evaluated: ``fit_quality["test"]`` (R^2, MAPE, Spearman) is the honest
+    figure. The model is attached to ``table.latency_model`` (save the table to keep it) and returned.
+
+    Args:
+        model: the unpruned model (not modified).
+        table: its :class:`LatencyTable` (from :func:`measure_table` with the same ``example_inputs`` shape).
+        example_inputs: the input the latency is measured at, e.g. ``(x,)`` with the deployment batch.
+        k: number of assignments (>= 4; 16-24 suit a small CNN).
+        holdout: fraction of assignments held out for the quality figures (0 disables; then ``test`` is empty).
+        assignments: explicit width assignments instead of random ones (widths must be in the table).
+        repeats, min_sample_s, pause_s: timing settings passed to ``compare``.
+        seed, min_width: for :func:`random_widths`.
+
+    Raises:
+        ValueError: bad ``k``/``holdout``, or too few fit points.
+        PruneError: an assignment cannot be applied to the model.
+
+    Example::
+
+        >>> table = measure_table(model, (x,), runtime="ort", step=16)          # doctest: +SKIP
+        >>> lm = fit_latency_model(model, table, (x,), k=16)                     # doctest: +SKIP
+        >>> lm.fit_quality["test"]["mape"]        # mean relative error on held-out assignments  # doctest: +SKIP
+    """
+    from torchslim.bench import latency as bench
+    from torchslim.pruning.api import ChannelPrune, prune_
+
+    if not isinstance(example_inputs, tuple):
+        raise PruneError(f"example_inputs must be a tuple, got {type(example_inputs).__name__}; wrap as (x,)")
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    if assignments is None:
+        if k < 4:
+            raise ValueError(f"fit_latency_model: k must be >= 4 (2 fit + 2 held out at least), got {k}")
+        assignments = random_widths(table, k, seed=seed, min_width=min_width)
+    assign = [dict(a) for a in assignments]
+    n_test = round(holdout * len(assign))
+    n_fit = len(assign) - n_test
+    if n_fit < 2 or (holdout > 0 and n_test < 2):
+        raise ValueError(f"fit_latency_model: {len(assign)} assignments leave {n_fit} to fit and {n_test} held "
+                         "out; need >= 2 of each (raise k)")
+    sums = [table.estimate(wa) for wa in assign]  # validates the widths against the table first
+    x_small = tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in example_inputs)
+    calls: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="torchslim_e2e_") as tmp:
+        for i, wa in enumerate(assign):
+            m = copy.deepcopy(model).eval()
+            prune_(m, ChannelPrune(ratio=0.0), x_small, widths=wa)
+            if table.runtime == "ort":
+                calls[str(i)] = _ort_runner(m, example_inputs, Path(tmp) / f"m{i}.onnx", table.threads)
+            else:
+                calls[str(i)] = bench.torch_callable(m, example_inputs)
+        stats = bench.compare(calls, repeats=repeats, warmup=2, pause_s=pause_s, threads=table.threads,
+                              min_sample_s=min_sample_s)
+    measured = [stats[str(i)].median_ms for i in range(len(assign))]
+    a, b = fit_affine(sums[:n_fit], measured[:n_fit])
+    pred = [a + b * x for x in sums]
+    quality = {"fit": fit_quality(measured[:n_fit], pred[:n_fit])}
+    if n_test:
+        quality["test"] = fit_quality(measured[n_fit:], pred[n_fit:])
+    # the uncalibrated table sum taken as the latency, on the same held-out points (what the model corrects)
+    quality["raw_sum"] = fit_quality(measured[n_fit:] or measured, sums[n_fit:] or sums)
+    points = [{"widths": w, "table_ms": s_, "measured_ms": m_, "predicted_ms": p_,
+               "split": "fit" if i < n_fit else "test", "contaminated": stats[str(i)].contaminated}
+              for i, (w, s_, m_, p_) in enumerate(zip(assign, sums, measured, pred, strict=True))]
+    input_shape = list(example_inputs[0].shape) if isinstance(example_inputs[0], torch.Tensor) else []
+    lm = LatencyModel(a, b, quality, points, table.runtime, table.threads, input_shape, table.key)
+    table.latency_model = lm
+    return lm
+
+
+def snap_widths(table: LatencyTable, widths: Mapping[str, int], mode: Literal["down", "nearest"] = "down",
+                min_width: int = 1, rel_tol: float = 0.0) -> dict[str, int]:
+    """Move each group's width onto its latency frontier (a local minimum of the measured curve).
+
+    ``"down"`` takes the largest frontier width <= the requested one (never more channels than asked, so
+    never more latency than the table's frontier allows there); ``"nearest"`` the closest frontier width
+    (ties to the larger). Groups missing from ``widths`` stay at full width. This turns FLOPs-proportional
+    widths (``round(f * C)``) into latency-aware ones with about the same channel budget. ``rel_tol`` is
+    passed to :meth:`LatencyTable.frontier` (use a few percent on a noisy table).
+
+    Example::
+
+        >>> t = LatencyTable({"a": {16: 3.0, 32: 2.0, 48: 5.0, 64: 4.5}}, {"a": 64})
+        >>> snap_widths(t, {"a": 60}), snap_widths(t, {"a": 20}, mode="nearest")
+        ({'a': 32}, {'a': 32})
+    """
+    if mode not in ("down", "nearest"):
+        raise ValueError(f"snap_widths: mode must be 'down' or 'nearest', got {mode!r}")
+    unknown = sorted(set(widths) - set(table.entries))
+    if unknown:
+        raise KeyError(f"groups {unknown} are not in the latency table; table groups: {sorted(table.entries)}")
+    out = {}
+    for g in table.entries:
+        w = int(widths.get(g, table.channels[g]))
+        front = [v for v in table.frontier(g, rel_tol) if v >= min(min_width, table.channels[g])]
+        front = front or [table.channels[g]]
+        if mode == "down":
+            below = [v for v in front if v <= w]
+            out[g] = max(below) if below else min(front)
+        else:
+            out[g] = min(front, key=lambda v: (abs(v - w), -v))  # noqa: B023 (used at once)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ choice
 @dataclass
 class WidthChoice:
     """What :func:`choose_widths` picked: ``widths`` (group -> kept channels, for ``prune_(widths=)``),
     the estimated latency (sum of group probe latencies) at full width and at the chosen widths, the
-    budget, and the greedy steps taken ``(group, from, to, ms saved, importance lost)``."""
+    budget (in table ms), and the greedy steps taken ``(group, from, to, ms saved, importance lost)``.
+    With a :class:`LatencyModel`, ``predicted_ms`` / ``full_predicted_ms`` / ``budget_predicted_ms`` are the
+    end-to-end figures (None without one)."""
 
     widths: dict[str, int]
     full_ms: float
     estimated_ms: float
     budget_ms: float
     steps: list[tuple[str, int, int, float, float]] = field(default_factory=list)
+    predicted_ms: float | None = None
+    full_predicted_ms: float | None = None
+    budget_predicted_ms: float | None = None
 
 
 def choose_widths(
@@ -304,29 +635,42 @@ def choose_widths(
     importance: str = "l1",
     example_inputs: tuple[Any, ...] | None = None,
     min_width: int = 1,
+    latency_model: LatencyModel | None = None,
 ) -> WidthChoice:
     """Pick per-group widths whose table latency meets a budget, greedily by importance lost per ms saved.
 
     Args:
         model: the model (used to score channels when ``scores`` is not given).
         table: a :class:`LatencyTable` for this model.
-        target_latency_ms: budget on the estimated latency (sum over groups of the probe latency).
-        target_ratio: budget as a fraction of the full-width estimate (e.g. ``0.5`` halves it). Give exactly
-            one of the two.
+        target_latency_ms: budget on the estimated latency: the sum over groups of the probe latency, or,
+            with ``latency_model``, the *predicted end-to-end* latency ``a + b * sum``.
+        target_ratio: budget as a fraction of the full-width estimate (e.g. ``0.5`` halves it; with
+            ``latency_model``, of the predicted full-width end-to-end latency). Give exactly one of the two.
         scores: per-group channel importance (any scale; each group's |scores| are divided by their sum, so
             the cost of a step is the fraction of the group's importance it removes, which protects thin
             groups). Default: ``importance`` scores; a group missing from ``scores`` counts channels uniformly.
         min_width: never choose fewer channels than this (DESIGN.md: stay >= 16 on small convs for ORT).
         importance: a data-free criterion name used when ``scores`` is None.
         example_inputs: inputs for graph capture when scoring (default: random of ``table.input_shape``).
+        latency_model: a :class:`LatencyModel` fitted for ``table`` (:func:`fit_latency_model`); the budget is
+            then converted to table ms by ``(ms - a) / b`` (same greedy order, as ``b > 0``).
 
     Returns:
         a :class:`WidthChoice`; only Pareto-frontier widths are ever chosen (never a width measured slower
         than a larger width of the same group).
 
     Raises:
-        ValueError: both/neither target given, or a ratio outside (0, 1].
+        ValueError: both/neither target given, a ratio outside (0, 1], or a latency model fitted for another
+            table or with a slope <= 0.
         PruneError: the budget cannot be met even at the smallest frontier widths (message gives the minimum).
+
+    Example::
+
+        >>> t = LatencyTable({"a": {8: 1.0, 16: 2.0}, "b": {4: 0.5, 8: 1.5}}, {"a": 16, "b": 8})
+        >>> lm = LatencyModel(a=2.0, b=0.5)              # end-to-end ms = 2 + 0.5 * table sum
+        >>> c = choose_widths(None, t, target_latency_ms=3.5, scores={}, latency_model=lm)
+        >>> c.widths, c.predicted_ms
+        ({'a': 8, 'b': 8}, 3.25)
     """
     if (target_latency_ms is None) == (target_ratio is None):
         raise ValueError("choose_widths: give exactly one of target_latency_ms or target_ratio")
@@ -343,7 +687,17 @@ def choose_widths(
     fronts = {g: table.frontier(g) for g in names}
     cur = {g: (full[g] if full[g] in fronts[g] else max(fronts[g])) for g in names}
     full_ms = sum(table.latency(g, full[g]) for g in names)
-    budget = target_latency_ms if target_latency_ms is not None else full_ms * float(target_ratio or 1.0)
+    budget_pred: float | None = None
+    if latency_model is not None:
+        if latency_model.table_key and table.key and latency_model.table_key != table.key:
+            raise ValueError(f"choose_widths: the latency model was fitted for table {latency_model.table_key!r}, "
+                             f"not this one ({table.key!r}); refit it with fit_latency_model(model, table, ...)")
+        full_pred = latency_model.predict_sum(full_ms)
+        budget_pred = (target_latency_ms if target_latency_ms is not None
+                       else full_pred * float(target_ratio or 1.0))
+        budget = latency_model.table_budget(budget_pred)
+    else:
+        budget = target_latency_ms if target_latency_ms is not None else full_ms * float(target_ratio or 1.0)
     sorted_scores = {}
     for g in names:
         s = scores[g].detach().to(torch.float64) if g in scores else torch.ones(full[g], dtype=torch.float64)
@@ -366,6 +720,12 @@ def choose_widths(
             if best is None or cost < best[0]:
                 best = (cost, g, nxt, saved, lost)
         if best is None:
+            if latency_model is not None:
+                raise PruneError(
+                    f"choose_widths: end-to-end budget {budget_pred:.3f} ms is below the prediction at the "
+                    f"fastest frontier widths, {latency_model.predict_sum(est):.3f} ms (full width "
+                    f"{latency_model.predict_sum(full_ms):.3f} ms); raise the target or measure smaller widths"
+                )
             raise PruneError(
                 f"choose_widths: budget {budget:.3f} ms is below the fastest frontier widths' estimate "
                 f"{est:.3f} ms (full width {full_ms:.3f} ms); raise the target or measure smaller widths"
@@ -375,6 +735,10 @@ def choose_widths(
         cur[g] = nxt
         est -= saved
     choice.widths, choice.estimated_ms = cur, est
+    if latency_model is not None:
+        choice.predicted_ms = latency_model.predict_sum(est)
+        choice.full_predicted_ms = latency_model.predict_sum(full_ms)
+        choice.budget_predicted_ms = budget_pred
     return choice
 
 
