@@ -20,12 +20,20 @@ from torchslim.distillation.methods.twinbert import (
     TwinBERT,
     TwinDistill,
     WeightedPooling,
+    WordTokenizer,
     calibrate_crossing,
     finetune_teacher,
     mine_hard_negatives,
+    order_relevant,
+    order_task,
+    order_task_vocab,
     train_teacher_head,
+    twin_from_tiny_bert,
     twinbert_distill,
     twinbert_loss,
+)
+from torchslim.distillation.methods.twinbert import (
+    tiny_bert as lib_tiny_bert,
 )
 from torchslim.train.trainer import TrainConfig
 
@@ -48,7 +56,7 @@ def tiny_bert(hidden: int = 16, layers: int = 1, seed: int = 0) -> BertModel:
     return BertModel(cfg, add_pooling_layer=False).eval()
 
 
-class WordTokenizer:
+class HashTokenizer:
     """A stand-in for a HF tokenizer: words hashed to ids 3.., [CLS]=1, [SEP]=2; pairs get segment ids."""
 
     @staticmethod
@@ -82,7 +90,7 @@ class WordTokenizer:
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
 
 
-TOK = WordTokenizer()
+TOK = HashTokenizer()
 QUERIES = ["flu vaccine", "stock market falls", "new rover lands on mars", "election results"]
 DOCS = [
     "the flu vaccine is in short supply this winter",
@@ -372,3 +380,106 @@ def test_bi_encoder_skip_adds_separate_pass_cosine_term() -> None:
     loss = F.binary_cross_entropy_with_logits(feats[:, -1] * w[0, 0] + b[0], labels) + 1e-4 * (w**2).sum()
     gw, gb = torch.autograd.grad(loss, (w, b))
     assert float(gw.abs().max()) < 1e-3 and float(gb.abs().max()) < 1e-3
+
+
+# --------------------------------------------------------------------------- tiny models and the synthetic task
+def test_word_tokenizer_matches_hand_encoding() -> None:
+    # metric: exact ids / masks / segment ids against hand-written lists
+    tok = WordTokenizer(["a", "b", "c"])  # ids: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 a=4 b=5 c=6
+    assert tok.vocab_size == 7
+    enc = tok(["a b", "c"])
+    assert enc["input_ids"].tolist() == [[2, 4, 5, 3], [2, 6, 3, 0]]
+    assert enc["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    pair = tok(["a"], ["b c zz"])
+    assert pair["input_ids"].tolist() == [[2, 4, 3, 5, 6, 1, 3]]
+    assert pair["token_type_ids"].tolist() == [[0, 0, 0, 1, 1, 1, 1]]
+    # truncation: the second text loses words first, the specials stay
+    cut = tok(["a b"], ["c c c"], max_length=6)
+    assert cut["input_ids"].tolist() == [[2, 4, 5, 3, 6, 3]]
+    assert tok(["a b c"], max_length=3)["input_ids"].tolist() == [[2, 4, 3]]
+    assert tok(["a"], padding="max_length", max_length=5)["input_ids"].tolist() == [[2, 4, 3, 0, 0]]
+    with pytest.raises(ConfigError, match="duplicate"):
+        WordTokenizer(["a", "a"])
+    with pytest.raises(ConfigError, match="special token"):
+        WordTokenizer(["[CLS]"])
+    with pytest.raises(ConfigError, match="max_length must be >= 3"):
+        tok(["a"], ["b"], max_length=2)
+    with pytest.raises(ConfigError, match="return_tensors='pt'"):
+        tok(["a"], return_tensors="np")
+
+
+def test_tiny_bert_is_seeded_and_checks_its_shape() -> None:
+    # metric: bit-identical weights for one seed, different for another; init std within 10% of init_range
+    a, b, c = lib_tiny_bert(30, 16, 1, 2, seed=1), lib_tiny_bert(30, 16, 1, 2, seed=1), lib_tiny_bert(30, 16, 1, 2, seed=2)
+    wa = a.state_dict()["encoder.layer.0.attention.self.query.weight"]
+    assert torch.equal(wa, b.state_dict()["encoder.layer.0.attention.self.query.weight"])
+    assert not torch.equal(wa, c.state_dict()["encoder.layer.0.attention.self.query.weight"])
+    big = lib_tiny_bert(30, 64, 1, 2, init_range=0.2, type_vocab_size=4, seed=0)
+    std = float(big.state_dict()["encoder.layer.0.intermediate.dense.weight"].std())
+    assert abs(std - 0.2) < 0.02, std
+    assert big.config.type_vocab_size == 4
+    with pytest.raises(ConfigError, match="hidden divisible by heads"):
+        lib_tiny_bert(30, hidden=10, heads=3)
+
+
+def test_order_relevant_on_hand_examples() -> None:
+    assert order_relevant("a b", "x a b y", window=1)
+    assert order_relevant("a b", "a x x b", window=3)  # exactly `window` positions after
+    assert not order_relevant("a b", "a x x x b", window=3)  # one too far
+    assert not order_relevant("a b", "b a", window=3)  # wrong order
+    assert not order_relevant("a b", "a x y", window=3)  # b missing
+    assert order_relevant("a b", "b a x a b", window=1)  # a later occurrence counts
+    with pytest.raises(ConfigError, match="two words"):
+        order_relevant("a", "a b")
+
+
+def test_order_task_is_deterministic_and_labels_follow_the_rule() -> None:
+    # metric: exact equality; every label equals order_relevant(...); each kind has its documented arrangement
+    t1, t2 = order_task(300, vocab_size=60, doc_len=12, window=3, seed=7), order_task(300, 60, 12, 3, seed=7)
+    assert (t1.queries, t1.docs, t1.labels, t1.kinds) == (t2.queries, t2.docs, t2.labels, t2.kinds)
+    assert order_task(300, 60, 12, 3, seed=8).docs != t1.docs
+    assert set(t1.kinds) == {"positive", "reversed", "far", "one_token", "random"}
+    for q, d, y, kind in zip(t1.queries, t1.docs, t1.labels, t1.kinds, strict=True):
+        a, b = q.split()
+        words = d.split()
+        assert len(words) == 12 and a != b and len(set(words)) == 12
+        assert y == float(order_relevant(q, d, 3)) == float(kind == "positive")
+        if kind in ("positive", "reversed", "far"):
+            gap = words.index(b) - words.index(a)
+            assert {"positive": 1 <= gap <= 3, "reversed": -3 <= gap <= -1, "far": gap > 5}[kind], (kind, gap)
+        else:
+            assert (a in words) + (b in words) == (1 if kind == "one_token" else 0)
+    assert set(order_task_vocab(60)) >= {w for d in t1.docs for w in d.split()}
+    with pytest.raises(ConfigError, match="doc_len >= window"):
+        order_task(10, doc_len=5, window=3)
+
+
+def test_match_features_mark_query_tokens_in_the_document() -> None:
+    # metric: exact segment ids against a hand-written list; then the CLS-pooled score equals head(h[CLS])
+    tok = WordTokenizer(["a", "b", "c", "d"])
+    bert = lib_tiny_bert(tok.vocab_size, 16, 1, 2, type_vocab_size=4, seed=0)
+    teacher = CrossEncoderTeacher(bert, hidden=8, max_length=16, tokenizer=tok, pooling="cls", match_features=True)
+    enc = teacher.tokenize_pairs(["a b"], ["c b a b d"])
+    # [CLS] a b [SEP] | c b a b d [SEP]: b (query word 2) -> 3, a (query word 1) -> 2
+    assert enc["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 3, 2, 3, 1, 1]]
+    with torch.no_grad():
+        h = bert(**enc).last_hidden_state[:, 0]
+        want = teacher.head(h).squeeze(-1)
+    assert torch.allclose(teacher.score_pairs(["a b"], ["c b a b d"]), want, atol=1e-6)
+    with pytest.raises(ConfigError, match="type_vocab_size >= 3"):
+        CrossEncoderTeacher(lib_tiny_bert(tok.vocab_size, 16, 1, 2), tokenizer=tok, match_features=True)
+    with pytest.raises(ConfigError, match="pooling must be 'segments' or 'cls'"):
+        CrossEncoderTeacher(bert, tokenizer=tok, pooling="max")  # type: ignore[arg-type]
+
+
+def test_twin_from_tiny_bert_scores_cached_documents_like_pairs() -> None:
+    # metric: max abs difference between cached all-pairs scores and paired scores, tol 1e-5
+    tok = WordTokenizer(order_task_vocab(40))
+    task = order_task(6, vocab_size=40, doc_len=10, seed=0)
+    twin_model = twin_from_tiny_bert(tok, hidden=16, layers=1, heads=2, crossing="residual", doc_max_length=12).eval()
+    assert twin_model.shared and twin_model.query_tower.tokenizer is tok
+    cache = twin_model.encode_documents(task.docs)
+    all_pairs = twin_model.score(task.queries, cache)
+    with torch.no_grad():
+        paired = twin_model.pair_logits(task.queries, task.docs)
+    assert torch.allclose(torch.diagonal(all_pairs), paired, atol=1e-5)

@@ -35,6 +35,13 @@ mean-pooled into ``a`` and ``b`` and a small MLP head scores ``[a, b, a*b, |a-b|
 to end, as the paper's fine-tuned BERT teacher. :func:`mine_hard_negatives` picks, for each query, the
 documents most similar to it under a bi-encoder: negatives that a cross-encoder must learn to reject.
 
+Tiny models without downloads, for tests and the synthetic benchmark: :class:`WordTokenizer` (word-level,
+called like a ``transformers`` tokenizer), :func:`tiny_bert` (a random-init ``BertModel``),
+:func:`twin_from_tiny_bert`, and :func:`order_task`, a retrieval task where a query ``"a b"`` is relevant
+only when ``a`` is followed by ``b`` within a window, with hard negatives that hold the same words in the
+wrong arrangement. The teacher for that task uses ``pooling="cls"`` and ``match_features=True`` (document
+tokens equal to query word ``j`` get segment id ``2 + j``).
+
 Differences from the paper: WordPiece tokens instead of tri-letter hashing; the students are initialised
 from the teacher's layers (``build_student``); the crossing's output layer is initialised by a ridge fit to
 the teacher's logits (``calibrate=True``), because short CPU runs cannot afford to learn its scale.
@@ -80,12 +87,19 @@ __all__ = [
     "Tower",
     "TwinBERT",
     "TwinDistill",
+    "OrderTask",
     "WeightedPooling",
+    "WordTokenizer",
     "build_twinbert",
     "calibrate_crossing",
     "finetune_teacher",
     "mine_hard_negatives",
+    "order_relevant",
+    "order_task",
+    "order_task_vocab",
+    "tiny_bert",
     "train_teacher_head",
+    "twin_from_tiny_bert",
     "twinbert_distill",
     "twinbert_loss",
 ]
@@ -535,16 +549,16 @@ def build_twinbert(
 class _TeacherHead(nn.Module):
     """MLP on the joint features ``[a, b, a*b, |a-b|]`` (+ a linear term on the separate-pass cosine)."""
 
-    def __init__(self, dim: int, hidden: int, skip: bool) -> None:
+    def __init__(self, dim: int, hidden: int, skip: bool, parts: int = 4) -> None:
         super().__init__()
-        self.dim = dim
-        self.mlp = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.dim = parts * dim
+        self.mlp = nn.Sequential(nn.Linear(self.dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.skip = nn.Linear(1, 1) if skip else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.mlp(x[..., : 4 * self.dim])
+        out = self.mlp(x[..., : self.dim])
         if self.skip is not None:
-            out = out + self.skip(x[..., 4 * self.dim :])
+            out = out + self.skip(x[..., self.dim :])
         return out
 
 
@@ -567,6 +581,12 @@ class CrossEncoderTeacher(nn.Module):
         max_length: tokens per (query, document) pair; the document is truncated first.
         tokenizer: default ``encoder.tokenizer``.
         bi_encoder_skip: add the separate-pass cosine term (see above).
+        pooling: ``"segments"`` (the two segments' pooled states, above) or ``"cls"`` (the head reads the
+            ``[CLS]`` token's last state, the usual BERT cross-encoder; what a randomly initialised tiny BERT
+            learns from scratch, where the segment means are dominated by a component common to all pairs).
+        match_features: mark every document token equal to the ``j``-th query token with the segment id
+            ``2 + j`` (capped at the encoder's ``type_vocab_size - 1``), an exact-match feature (as in DrQA)
+            that only a model reading both texts can compute. Needs ``type_vocab_size >= 3``.
 
     Example:
         >>> from torchslim.zoo.minilm import minilm                                     # doctest: +SKIP
@@ -582,13 +602,25 @@ class CrossEncoderTeacher(nn.Module):
         max_length: int = 160,
         tokenizer: Any = None,
         bi_encoder_skip: bool = False,
+        pooling: Literal["segments", "cls"] = "segments",
+        match_features: bool = False,
     ) -> None:
         super().__init__()
         self.bert = _bert_of(encoder, "CrossEncoderTeacher")
         self.tokenizer = tokenizer if tokenizer is not None else getattr(encoder, "tokenizer", None)
         dim = int(self.bert.config.hidden_size)
+        if pooling not in ("segments", "cls"):
+            raise ConfigError(f"CrossEncoderTeacher: pooling must be 'segments' or 'cls', got {pooling!r}")
+        self.pooling = pooling
+        self.match_features = bool(match_features)
+        n_types = int(getattr(self.bert.config, "type_vocab_size", 2))
+        if self.match_features and n_types < 3:
+            raise ConfigError(
+                f"CrossEncoderTeacher: match_features needs an encoder with type_vocab_size >= 3, this one has "
+                f"{n_types}; build it with tiny_bert(..., type_vocab_size=4)"
+            )
         self.bi_encoder_skip = bool(bi_encoder_skip)
-        self.head = _TeacherHead(dim, hidden, self.bi_encoder_skip)
+        self.head = _TeacherHead(dim, hidden, self.bi_encoder_skip, parts=4 if pooling == "segments" else 1)
         self.max_length = int(max_length)
 
     def tokenize_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -612,6 +644,8 @@ class CrossEncoderTeacher(nn.Module):
         )
         if "token_type_ids" not in enc:
             raise ConfigError("CrossEncoderTeacher: the tokenizer returned no token_type_ids for text pairs")
+        if self.match_features:
+            enc["token_type_ids"] = self._mark_matches(enc["input_ids"], enc["token_type_ids"])
         device = next(self.parameters()).device
         out = {k: v.to(device) for k, v in enc.items() if k in _INPUT_KEYS}
         if self.bi_encoder_skip:
@@ -623,6 +657,20 @@ class CrossEncoderTeacher(nn.Module):
                 )
                 out[prefix + "input_ids"] = single["input_ids"].to(device)
                 out[prefix + "attention_mask"] = single["attention_mask"].to(device)
+        return out
+
+    def _mark_matches(self, ids: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """Segment ids with document tokens equal to query token ``j`` set to ``2 + j`` (capped)."""
+        top = int(self.bert.config.type_vocab_size) - 1
+        out = types.clone()
+        for r in range(ids.shape[0]):
+            first = torch.nonzero(types[r] == 0).flatten()
+            # the first segment is [CLS] q1 .. qn [SEP]: skip its first and last token
+            q_ids = ids[r, first[1:-1]].tolist()
+            doc = types[r] == 1
+            for j, q in enumerate(q_ids):
+                hit = doc & (ids[r] == q) & (out[r] == 1)
+                out[r, hit] = min(2 + j, top)
         return out
 
     def _separate_cosine(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -646,14 +694,20 @@ class CrossEncoderTeacher(nn.Module):
         token_type_ids: torch.Tensor,
         **separate: torch.Tensor,
     ) -> torch.Tensor:
-        """Head input ``[B, 4D]`` from one joint pass (``[B, 4D + 1]`` with the separate-pass cosine)."""
+        """Head input ``[B, 4D]`` from one joint pass (``[B, D]`` with ``pooling="cls"``; one more column
+        with the separate-pass cosine)."""
         hidden = _last_hidden(
             self.bert,
             {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids},
         )
+        if self.pooling == "cls":
+            feats = [hidden[:, 0]]
+            if self.bi_encoder_skip:
+                feats.append(self._separate_cosine(separate))
+            return torch.cat(feats, dim=-1)
         valid = attention_mask.to(hidden.dtype)
-        seg_b = token_type_ids.to(hidden.dtype) * valid
-        seg_a = (1 - token_type_ids.to(hidden.dtype)) * valid
+        seg_b = (token_type_ids > 0).to(hidden.dtype) * valid
+        seg_a = (token_type_ids == 0).to(hidden.dtype) * valid
 
         def pool(m: torch.Tensor) -> torch.Tensor:
             e = (hidden * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1e-9)
@@ -690,7 +744,7 @@ class CrossEncoderTeacher(nn.Module):
             ]
         finally:
             self.train(was_training)
-        width = 4 * int(self.bert.config.hidden_size) + int(self.bi_encoder_skip)
+        width = self.head.dim + int(self.bi_encoder_skip)
         return torch.cat(out) if out else torch.empty(0, width)
 
     @torch.no_grad()
@@ -1065,3 +1119,307 @@ def twinbert_distill(
         resume=resume,
         progress=progress,
     )
+
+
+# --------------------------------------------------------------------------- tiny models, no download
+class WordTokenizer:
+    """A whitespace word-level tokenizer over a fixed vocabulary, callable like a ``transformers`` tokenizer.
+
+    Ids: ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3``, then the vocabulary's words in order. A single text becomes
+    ``[CLS] w1 .. wn [SEP]``; a pair ``[CLS] q [SEP] d [SEP]`` with ``token_type_ids`` 0 for the first
+    segment (its ``[SEP]`` included) and 1 for the second. Unknown words map to ``[UNK]``.
+
+    Args:
+        vocab: the words (unique, no whitespace, none of the special tokens).
+
+    Raises:
+        ConfigError: an empty vocabulary, a duplicate word, a word with whitespace or a special token.
+
+    Example:
+        >>> tok = WordTokenizer(["a", "b", "c"])
+        >>> enc = tok(["a b"], ["c x"])
+        >>> enc["input_ids"].tolist(), enc["token_type_ids"].tolist()
+        ([[2, 4, 5, 3, 6, 1, 3]], [[0, 0, 0, 0, 1, 1, 1]])
+    """
+
+    SPECIALS: ClassVar[tuple[str, ...]] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+    PAD_ID: ClassVar[int] = 0
+    UNK_ID: ClassVar[int] = 1
+    CLS_ID: ClassVar[int] = 2
+    SEP_ID: ClassVar[int] = 3
+
+    def __init__(self, vocab: Sequence[str]) -> None:
+        words = list(vocab)
+        if not words:
+            raise ConfigError("WordTokenizer: the vocabulary is empty; pass at least one word")
+        bad = [w for w in words if not isinstance(w, str) or not w or w.split() != [w] or w in self.SPECIALS]
+        if bad:
+            raise ConfigError(
+                f"WordTokenizer: vocabulary entries must be non-empty words without whitespace and not a special "
+                f"token {self.SPECIALS}; got {bad[:3]!r}"
+            )
+        if len(set(words)) != len(words):
+            raise ConfigError("WordTokenizer: the vocabulary has duplicate words; pass each word once")
+        self.vocab = [*self.SPECIALS, *words]
+        self._ids = {w: i for i, w in enumerate(self.vocab)}
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included (the ``vocab_size`` a BERT config needs)."""
+        return len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        """Word ids of ``text`` (no special tokens)."""
+        return [self._ids.get(w, self.UNK_ID) for w in text.split()]
+
+    def __call__(
+        self,
+        texts: Sequence[str] | str,
+        text_pair: Sequence[str] | str | None = None,
+        padding: bool | str = True,
+        truncation: bool | str = True,
+        max_length: int | None = None,
+        return_tensors: str = "pt",
+    ) -> dict[str, torch.Tensor]:
+        """Encode texts (or text pairs) into ``input_ids``, ``attention_mask`` and ``token_type_ids``.
+
+        ``padding``: ``True``/``"longest"`` pads to the longest row, ``"max_length"`` to ``max_length``.
+        With ``truncation`` and ``max_length``, a pair loses words from its second text first (then from the
+        first), a single text from its end; special tokens are always kept.
+        """
+        if return_tensors != "pt":
+            raise ConfigError(f"WordTokenizer: only return_tensors='pt' is supported, got {return_tensors!r}")
+        first = _texts(texts, "WordTokenizer")
+        second = None if text_pair is None else _texts(text_pair, "WordTokenizer")
+        if second is not None and len(second) != len(first):
+            raise ConfigError(f"WordTokenizer: {len(first)} texts but {len(second)} text pairs; pass equal lists")
+        n_special = 2 if second is None else 3
+        if max_length is not None and max_length < n_special:
+            raise ConfigError(f"WordTokenizer: max_length must be >= {n_special} (the special tokens), got {max_length}")
+        rows: list[list[int]] = []
+        types: list[list[int]] = []
+        for i, text in enumerate(first):
+            a = self.encode(text)
+            b = self.encode(second[i]) if second is not None else []
+            if truncation and max_length is not None:
+                room = max_length - n_special
+                b = b[: max(0, room - len(a))]
+                a = a[: room - len(b)]
+            seg_a = [self.CLS_ID, *a, self.SEP_ID]
+            seg_b = [*b, self.SEP_ID] if second is not None else []
+            rows.append(seg_a + seg_b)
+            types.append([0] * len(seg_a) + [1] * len(seg_b))
+        width = max(len(r) for r in rows) if rows else 0
+        if padding == "max_length" and max_length is not None:
+            width = max(width, max_length)
+        elif padding not in (True, "longest"):
+            raise ConfigError(f"WordTokenizer: padding must be True, 'longest' or 'max_length', got {padding!r}")
+        ids = torch.full((len(rows), width), self.PAD_ID, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        tt = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, (r, t) in enumerate(zip(rows, types, strict=True)):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+            tt[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
+
+
+def tiny_bert(
+    vocab_size: int,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate: int | None = None,
+    max_positions: int = 128,
+    dropout: float = 0.0,
+    init_range: float = 0.02,
+    type_vocab_size: int = 2,
+    seed: int = 0,
+) -> Any:
+    """A randomly initialised ``transformers`` ``BertModel`` (no pooler, no download), eval mode.
+
+    Args:
+        vocab_size: e.g. ``WordTokenizer.vocab_size``.
+        hidden / layers / heads: width, depth and attention heads (``hidden`` divisible by ``heads``).
+        intermediate: feed-forward width (default ``4 * hidden``).
+        max_positions: longest sequence (pairs included).
+        dropout: hidden and attention dropout.
+        init_range: standard deviation of the initial weights (BERT's default 0.02; a larger one lets a tiny
+            model trained from scratch leave the initial plateau of uniform attention sooner).
+        type_vocab_size: segment ids (4 for :class:`CrossEncoderTeacher`'s ``match_features``).
+        seed: ``torch.manual_seed`` before initialisation (same seed -> same weights).
+
+    Example:
+        >>> bert = tiny_bert(vocab_size=20, hidden=16, layers=1, heads=2)
+        >>> bert(input_ids=torch.tensor([[2, 5, 3]])).last_hidden_state.shape
+        torch.Size([1, 3, 16])
+    """
+    from transformers import BertConfig, BertModel
+
+    if vocab_size < 1 or hidden < 1 or layers < 1 or heads < 1 or hidden % heads:
+        raise ConfigError(
+            f"tiny_bert: needs vocab_size, hidden, layers, heads >= 1 and hidden divisible by heads; got "
+            f"vocab_size={vocab_size}, hidden={hidden}, layers={layers}, heads={heads}"
+        )
+    cfg = BertConfig(
+        vocab_size=int(vocab_size),
+        hidden_size=int(hidden),
+        num_hidden_layers=int(layers),
+        num_attention_heads=int(heads),
+        intermediate_size=int(intermediate or 4 * hidden),
+        max_position_embeddings=int(max_positions),
+        type_vocab_size=int(type_vocab_size),
+        hidden_dropout_prob=float(dropout),
+        attention_probs_dropout_prob=float(dropout),
+        initializer_range=float(init_range),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertModel(cfg, add_pooling_layer=False)
+    return model.eval()
+
+
+def twin_from_tiny_bert(
+    tokenizer: WordTokenizer,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    shared: bool = True,
+    pooling: PoolingName = "weighted",
+    crossing: CrossingName = "cosine",
+    query_max_length: int = 8,
+    doc_max_length: int = 32,
+    seed: int = 0,
+) -> TwinBERT:
+    """A TwinBERT with randomly initialised tiny BERT tower(s) over a :class:`WordTokenizer` (training mode).
+
+    Example:
+        >>> tok = WordTokenizer(["a", "b", "c"])
+        >>> twin = twin_from_tiny_bert(tok, hidden=16, layers=1)
+        >>> twin.pair_logits(["a b"], ["c a b"]).shape
+        torch.Size([1])
+    """
+    max_pos = max(query_max_length, doc_max_length) + 2
+
+    def tower(s: int) -> Tower:
+        bert = tiny_bert(tokenizer.vocab_size, hidden, layers, heads, max_positions=max_pos, seed=s)
+        return Tower(bert, tokenizer, pooling=pooling, max_length=doc_max_length)
+
+    q = tower(seed)
+    d = None if shared else tower(seed + 1)
+    twin = TwinBERT(q, d, crossing, query_max_length=query_max_length, doc_max_length=doc_max_length)
+    return twin.train()
+
+
+# --------------------------------------------------------------------------- a synthetic order-sensitive task
+def order_task_vocab(vocab_size: int = 500) -> list[str]:
+    """The words ``t0 .. t{vocab_size-1}`` of :func:`order_task`."""
+    if vocab_size < 4:
+        raise ConfigError(f"order_task_vocab: vocab_size must be >= 4, got {vocab_size}")
+    return [f"t{i}" for i in range(vocab_size)]
+
+
+def order_relevant(query: str, doc: str, window: int = 3) -> bool:
+    """``True`` when the query ``"a b"`` has ``a`` followed by ``b`` within ``window`` positions in ``doc``.
+
+    That is, some positions ``i < j <= i + window`` hold ``doc[i] == a`` and ``doc[j] == b``.
+
+    Example:
+        >>> order_relevant("t1 t2", "t5 t1 t7 t2 t9", window=3), order_relevant("t1 t2", "t2 t1", window=3)
+        (True, False)
+    """
+    q = query.split()
+    if len(q) != 2:
+        raise ConfigError(f"order_relevant: a query is two words 'a b', got {query!r}")
+    a, b = q
+    words = doc.split()
+    return any(
+        w == a and b in words[i + 1 : i + 1 + window] for i, w in enumerate(words)
+    )
+
+
+@dataclass
+class OrderTask:
+    """Pairs of :func:`order_task`: ``queries[i]`` with ``docs[i]``, ``labels[i]`` (1 = relevant), ``kinds[i]``."""
+
+    queries: list[str]
+    docs: list[str]
+    labels: list[float]
+    kinds: list[str]
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+
+ORDER_KINDS = ("positive", "reversed", "far", "one_token", "random")
+
+
+def order_task(
+    n_pairs: int,
+    vocab_size: int = 500,
+    doc_len: int = 20,
+    window: int = 3,
+    mix: Sequence[float] = (0.5, 0.15, 0.15, 0.1, 0.1),
+    seed: int = 0,
+) -> OrderTask:
+    """A retrieval task where word overlap is not enough: the *order* of the query's words in the document matters.
+
+    A query is two distinct words ``"a b"`` of the vocabulary ``t0 .. t{vocab_size-1}``; a document is
+    ``doc_len`` words. The pair is relevant iff ``a`` is followed by ``b`` within ``window`` positions
+    (:func:`order_relevant`). Each pair is drawn as one of these kinds (probabilities ``mix``):
+
+    - ``"positive"``: ``a`` at a random position, ``b`` 1..``window`` positions after it;
+    - ``"reversed"`` (hard negative): ``b`` first, ``a`` 1..``window`` positions after it;
+    - ``"far"`` (hard negative): ``a`` first, ``b`` more than ``window + 2`` positions after it;
+    - ``"one_token"`` (hard negative): only ``a`` or only ``b`` occurs;
+    - ``"random"``: neither occurs.
+
+    The other positions hold distinct filler words other than ``a`` and ``b``, so every label follows from
+    the rule (a test checks ``labels[i] == order_relevant(...)``). Same arguments -> same pairs.
+
+    Example:
+        >>> task = order_task(4, vocab_size=50, doc_len=8, seed=0)
+        >>> [order_relevant(q, d) for q, d in zip(task.queries, task.docs)] == [x == 1 for x in task.labels]
+        True
+    """
+    if n_pairs < 1:
+        raise ConfigError(f"order_task: n_pairs must be >= 1, got {n_pairs}")
+    if window < 1 or doc_len < window + 4:
+        raise ConfigError(
+            f"order_task: needs window >= 1 and doc_len >= window + 4 (room for a 'far' pair), got "
+            f"window={window}, doc_len={doc_len}"
+        )
+    if vocab_size < doc_len + 2:
+        raise ConfigError(f"order_task: vocab_size must be >= doc_len + 2, got {vocab_size} for doc_len {doc_len}")
+    p = torch.as_tensor(list(mix), dtype=torch.float64)
+    if p.numel() != len(ORDER_KINDS) or bool((p < 0).any()) or float(p.sum()) <= 0:
+        raise ConfigError(f"order_task: mix must be {len(ORDER_KINDS)} non-negative weights for {ORDER_KINDS}")
+    g = torch.Generator().manual_seed(int(seed))
+    kinds_idx = torch.multinomial(p / p.sum(), n_pairs, replacement=True, generator=g).tolist()
+
+    def randint(lo: int, hi: int) -> int:  # inclusive
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    out = OrderTask([], [], [], [])
+    for k in kinds_idx:
+        kind = ORDER_KINDS[k]
+        perm = torch.randperm(vocab_size, generator=g).tolist()
+        a, b, filler = perm[0], perm[1], perm[2 : 2 + doc_len]
+        doc: list[int] = list(filler)
+        if kind in ("positive", "reversed"):
+            first, second = (a, b) if kind == "positive" else (b, a)
+            gap = randint(1, window)
+            i = randint(0, doc_len - 1 - gap)
+            doc[i], doc[i + gap] = first, second
+        elif kind == "far":
+            gap = randint(window + 3, doc_len - 1)
+            i = randint(0, doc_len - 1 - gap)
+            doc[i], doc[i + gap] = a, b
+        elif kind == "one_token":
+            doc[randint(0, doc_len - 1)] = a if randint(0, 1) == 0 else b
+        query, text = f"t{a} t{b}", " ".join(f"t{w}" for w in doc)
+        out.queries.append(query)
+        out.docs.append(text)
+        out.labels.append(float(order_relevant(query, text, window)))
+        out.kinds.append(kind)
+    return out
