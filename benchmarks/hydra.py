@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3,000 Fashion-MNIST images x 2 epochs; 60 regression epochs")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None, help="result JSON (default hydra.json / hydra_quick.json)")
     ap.add_argument("--part", choices=("all", "classification", "regression"), default="all")
     args = ap.parse_args(argv)
 
@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_seconds": time.time() - t0,
         "environment": latency.environment(),
     }
+    if args.out is None:
+        args.out = RESULTS.with_name("hydra_quick.json") if args.quick else RESULTS
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, out)
 
