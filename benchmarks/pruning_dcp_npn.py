@@ -1,6 +1,6 @@
 """DCP (discrimination-aware channel pruning) and NPN (network pruning network) on digits.
 
-Run: ``python -m benchmarks.pruning_dcp_npn [--quick] [--threads N]``
+Run: ``python -m benchmarks.pruning_dcp_npn [--quick] [--threads N] [--part digits|resnet]``
 
 Data: scikit-learn's 8x8 digits, the fixed 1,397 / 400 split of ``benchmarks.pruning_methods``. The target
 is the digits CNN of that benchmark (32-64-64 channels, conv-BN-ReLU x3, pool, Linear) trained with
@@ -36,6 +36,16 @@ The sweep is run twice: with the plain (uniform) gate penalty, and with each gat
 filter costs (``NPNConfig(penalty="macs")``, an extension that is not in the paper).
 
 Latency only for the dense-vs-kernel-sparse check. Writes ``benchmarks/results/pruning_dcp_npn.json`` (``..._quick.json`` with --quick).
+
+``--part resnet`` (run separately: ``python -m benchmarks.pruning_dcp_npn --part resnet [--quick]``): DCP on
+the trained zoo ``resnet-fmnist`` (Fashion-MNIST, widths 32/64/128) at ~50% of the MACs INCLUDING the
+residual streams (groups with several consumers get one shared channel subset, summed reconstruction
+losses), vs uniform L1 filter pruning at the same MACs (the smallest uniform ratio at or below DCP's MACs),
+both with the same short fine-tuning (1 epoch on a training subset, LR 0.01 cosine), and the reconstruction-only
+selection (``aux_weight=0``, same streams). L1 and reconstruction-only prune the target after one CE epoch on
+the same subset (the epoch DCP spends on its auxiliary fine-tuning). PyTorch latency at
+batch 64 (interleaved; re-measure on a quiet machine). Writes ``benchmarks/results/pruning_dcp_npn_resnet.json``
+(``..._resnet_quick.json``).
 """
 
 from __future__ import annotations
@@ -224,13 +234,112 @@ def part_npn(base: nn.Module, train: TensorDataset, test: TensorDataset, seeds: 
     }
 
 
+RESNET_GROUPS = ("stem.0", "layer1.0.conv1", "layer2.0.conv1", "layer2.0.conv2", "layer3.0.conv1", "layer3.0.conv2",
+                 "layer3.1.conv1")
+
+
+def _resnet_widths(m: nn.Module) -> dict[str, int]:
+    """Output channels of each dependency group's first producer (stream groups: stem.0, layer2.0.conv2,
+    layer3.0.conv2; the others are the inner widths of the blocks)."""
+    return {p: int(getattr(m.get_submodule(p), "out_channels")) for p in RESNET_GROUPS}  # noqa: B009
+
+
+def part_resnet(quick: bool) -> dict[str, Any]:
+    """DCP with residual-stream selection vs uniform L1 at the same MACs on the zoo resnet-fmnist."""
+    from torchslim import zoo
+    from torchslim.bench.accuracy import top1
+    from torchslim.bench.latency import compare, torch_callable
+    from torchslim.core.cost import profile
+    from torchslim.data import fashion_mnist
+    from torchslim.pruning.dcp import DCPConfig, dcp_prune_
+    from torchslim.train import TrainConfig, Trainer
+
+    n_train, n_test = (4000, 5000) if quick else (12000, 10000)
+    seeds = [0] if quick else [0, 1]
+    ratio = 0.3  # of every group's channels, streams included: ~50% of the MACs (MACs ~ width^2)
+    tr, te = fashion_mnist("train", fallback=False), fashion_mnist("test", fallback=False)
+    perm = torch.randperm(len(tr.labels), generator=torch.Generator().manual_seed(0))[:n_train]
+    train = TensorDataset(tr.images[perm], tr.labels[perm])
+    test = TensorDataset(te.images[:n_test], te.labels[:n_test])
+    base = zoo.load("resnet-fmnist", progress=False).eval()
+    torch.manual_seed(0)  # the auxiliary heads are initialised from the global generator
+    x1 = train.tensors[0][:1]
+    base_macs = profile(base, (x1,)).macs
+    extra = TrainConfig(epochs=1, batch_size=128, lr=0.01, schedule="cosine", seed=0)
+    ft = TrainConfig(epochs=1, batch_size=128, lr=0.01, schedule="cosine")
+    cfg = DCPConfig(ratio=ratio, aux_weight=1.0, aux_train=extra, calib_samples=128 if quick else 256,
+                    steps_per_channel=2 if quick else 3, final_steps=20 if quick else 40)
+    out: dict[str, Any] = {"n_train_subset": n_train, "n_test": n_test, "seeds": seeds, "ratio": ratio,
+                           "base_acc": top1(base, test), "base_macs": base_macs, "base_widths": _resnet_widths(base),
+                           "dcp_config": cfg.to_dict(), "finetune": ft.to_dict(), "rows": {}}
+    t = time.time()
+    dcp_m = copy.deepcopy(base)
+    r = dcp_prune_(dcp_m, cfg, train, (x1,))
+    dcp_s = time.time() - t
+    dcp_macs = profile(dcp_m, (x1,)).macs
+    out["dcp_groups"] = {g: {"consumers": list(c), "kept": r.widths[g], "stopped": sel.stopped}
+                         for g, (c, sel) in r.layers.items()}
+    out["dcp_skipped"] = [list(s_) for s_ in r.skipped]
+    t = time.time()
+    base_plus = copy.deepcopy(base)
+    Trainer(base_plus, extra, progress=False).fit(train)
+    base_plus.eval()
+    l1_m, l1_ratio, _ = uniform_l1_at(base_plus, dcp_macs, x1)
+    l1_s = time.time() - t
+    out["l1_uniform_ratio"] = l1_ratio
+    t = time.time()
+    rec_m = copy.deepcopy(base_plus)
+    dcp_prune_(rec_m, cfg.model_copy(update={"aux_weight": 0.0}), train, (x1,))
+    rec_s = time.time() - t
+    for name, m, secs in (("dcp", dcp_m, dcp_s), ("recon_only", rec_m, rec_s), ("l1_uniform", l1_m, l1_s)):
+        m.eval()
+        accs = finetune_accs(m, train, test, seeds, ft)
+        macs = profile(m, (x1,)).macs
+        out["rows"][name] = {"macs": macs, "macs_ratio": macs / base_macs, "widths": _resnet_widths(m),
+                             "acc_before_ft": top1(m, test), "acc_ft": _mean(accs), "acc_ft_seeds": accs,
+                             "select_s": secs}
+    xb = train.tensors[0][:64]
+    st = compare({"base": torch_callable(base, xb), "dcp": torch_callable(dcp_m, xb),
+                  "l1_uniform": torch_callable(l1_m, xb)}, repeats=10, warmup=2)  # same widths: same speed
+    out["latency_torch_b64"] = {k: v.median_ms for k, v in st.items()}
+    out["latency_note"] = "PyTorch, batch 64, interleaved, busy machine: re-measure on a quiet machine"
+    return out
+
+
+def print_resnet(o: dict[str, Any]) -> None:
+    print(f"\nresnet-fmnist {o['base_widths']} (base {o['base_acc']:.4f} top-1 on {o['n_test']} test images, "
+          f"{o['base_macs']:,} MACs); ratio {o['ratio']} of every group incl. residual streams; "
+          f"fine-tuning 1 epoch on {o['n_train_subset']} images x {len(o['seeds'])} seed(s)")
+    print(f"{'method':<12}{'MACs':>12}{'ratio':>7}{'no FT':>8}{'FT':>8}  widths")
+    for name, r in o["rows"].items():
+        print(f"{name:<12}{r['macs']:>12,}{r['macs_ratio']:>7.3f}{r['acc_before_ft']:>8.4f}{r['acc_ft']:>8.4f}  "
+              f"{list(r['widths'].values())}")
+    lat = o["latency_torch_b64"]
+    print("PyTorch batch 64 (busy machine): " + ", ".join(f"{k} {v:.2f} ms" for k, v in lat.items()))
+    print("DCP groups: " + "; ".join(f"{g} -> {v['consumers']}: {v['kept']}" for g, v in o["dcp_groups"].items()))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer seeds, epochs and lambdas (< 4 min at 1 thread)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--part", choices=("digits", "resnet"), default="digits",
+                    help="digits: DCP/DKP + NPN on the digits CNN (default); resnet: DCP with residual streams "
+                         "on the zoo resnet-fmnist vs uniform L1")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.part == "resnet":
+        from torchslim.core.io import atomic_write_json as _write
+
+        t0 = time.time()
+        res = part_resnet(args.quick)
+        res.update({"quick": args.quick, "threads": args.threads, "wall_seconds": time.time() - t0})
+        path = args.out or RESULTS.with_name("pruning_dcp_npn_resnet" + ("_quick" if args.quick else "") + ".json")
+        _write(path, res)
+        print_resnet(res)
+        print(f"wall {res['wall_seconds']:.0f} s -> {path}")
+        return res
     from torchslim.bench.accuracy import top1
     from torchslim.core.cost import profile
     from torchslim.core.io import atomic_write_json
@@ -263,8 +372,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out[key]["wall_s"] = time.time() - t
         print(f"{key} done ({out[key]['wall_s']:.0f} s)", flush=True)
     out["wall_seconds"] = time.time() - t0
-    if args.out == RESULTS and args.quick:
-        args.out = RESULTS.with_name("pruning_dcp_npn_quick.json")
+    if args.out is None:
+        args.out = RESULTS.with_name("pruning_dcp_npn_quick.json") if args.quick else RESULTS
     atomic_write_json(args.out, out)
 
     print(f"\ndigits CNN 32-64-64: {out['base_acc']:.4f} top-1, {out['base_macs']:,} MACs; "

@@ -25,10 +25,16 @@ of that layer and for classifying from the features right after it:
    compute the same function).
 
 ``aux_weight=0`` gives the reconstruction-only variant (ThiNet-like greedy selection + weight
-re-optimisation) used as a baseline. Layers handled: every prunable dependency group whose channels are
-read by exactly ONE Conv2d (``groups=1``) or Linear (chains such as VGG-style CNNs, the first conv of each
-ResNet block); other groups (residual streams read by several layers, depthwise convs) are left intact
-and listed in ``DCPResult.skipped``.
+re-optimisation) used as a baseline. Groups handled: every prunable dependency group whose channels are
+read only by plain Conv2d (``groups=1``) / Linear layers. A group read by ONE layer (VGG-style chains, the
+first conv of each ResNet block) is selected as above. A group read by SEVERAL layers (a ResNet's residual
+stream: the next block's first conv and its projection shortcut, or the classifier) gets ONE shared channel
+subset (:func:`select_shared_channels_`): ``L = sum_k MSE_k + aux_weight * mean_k CE_k`` over its
+consumers ``k`` (each with its own auxiliary head), the greedy step adds the channel with the largest
+``sqrt(sum_k ||dL/dW_k[:, j]||_F^2)`` (the gradient norm of the summed loss over every weight that reads
+channel ``j``), then every consumer's selected weights are optimised. Groups are processed in the forward
+order of their first consumer. ``multi_consumer=False`` leaves such groups intact. Groups with a depthwise
+or flatten-expanded consumer are left intact and listed in ``DCPResult.skipped``.
 
 **DKP** (discrimination-aware kernel pruning, the TPAMI extension): :func:`dkp_select_` / :func:`dkp_prune_`
 run the same auxiliary fine-tuning and the same greedy loop (one helper, ``_greedy_select_``) with kernels
@@ -101,6 +107,7 @@ __all__ = [
     "remove_kernel_masks_",
     "select_channels_",
     "select_kernels_",
+    "select_shared_channels_",
 ]
 
 
@@ -149,6 +156,9 @@ class DCPConfig(Config):
         aux_train: fine-tuning of the network with the auxiliary losses before the selection.
         aux_backbone: fine-tune the network too (True, as in the paper) or only the auxiliary heads.
         min_channels: never keep fewer channels per layer.
+        multi_consumer: also select the channels of groups read by several layers (residual streams:
+            one shared subset, summed reconstruction losses, see :func:`select_shared_channels_`); False
+            leaves them intact (listed in ``DCPResult.skipped``).
         include: glob patterns on module paths; if given, only groups with a producer matching one.
         exclude: glob patterns on module paths; groups with a member matching one are left intact.
     """
@@ -168,6 +178,7 @@ class DCPConfig(Config):
                                                                        schedule="cosine"))
     aux_backbone: bool = True
     min_channels: int = Field(default=1, ge=1)
+    multi_consumer: bool = True
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
 
@@ -193,12 +204,13 @@ class LayerSelection:
 @dataclass
 class DCPResult:
     """What :func:`dcp_select_` / :func:`dcp_prune_` did: ``keep`` and ``widths`` per pruned group,
-    ``layers`` (group -> consumer path -> :class:`LayerSelection`), ``skipped`` (group, reason) and the
-    physical removal ``prune`` (``None`` after :func:`dcp_select_`)."""
+    ``layers`` (group -> (consumer paths, :class:`LayerSelection`); several paths for a group read by
+    several layers), ``skipped`` (group, reason) and the physical removal ``prune`` (``None`` after
+    :func:`dcp_select_`)."""
 
     keep: dict[str, torch.Tensor] = field(default_factory=dict)
     widths: dict[str, int] = field(default_factory=dict)
-    layers: dict[str, tuple[str, LayerSelection]] = field(default_factory=dict)
+    layers: dict[str, tuple[tuple[str, ...], LayerSelection]] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     aux_heads: dict[str, nn.Module] = field(default_factory=dict)
     prune: PruneResult | None = None
@@ -310,65 +322,98 @@ def greedy_pick_kernels(grad: torch.Tensor, selected: torch.Tensor, k: int = 1) 
 
 
 def _greedy_select_(
-    layer: nn.Conv2d | nn.Linear, x: torch.Tensor, y_ref: torch.Tensor, labels: torch.Tensor, aux: nn.Module | None, *,
+    layers: Sequence[nn.Conv2d | nn.Linear], xs: Sequence[torch.Tensor], y_refs: Sequence[torch.Tensor],
+    labels: torch.Tensor, auxes: Sequence[nn.Module | None], *,
     unit: Literal["channel", "kernel"], max_keep: int, per_step: int, steps: int, final_steps: int, lr: float,
     batch_size: int, stop: str, tol: float, aux_weight: float, min_units: int,
 ) -> LayerSelection:
     """The greedy loop shared by DCP (units = input channels) and DKP (units = kernels): from ``A = {}``,
     add the ``per_step`` unselected units with the largest ``||dL/dW_unit||_F``, optimise the selected weights
     for ``steps`` SGD steps, stop at ``max_keep`` units or by :func:`adaptive_stop`; ``final_steps`` more
-    steps at the end. Writes the masked optimised weight (and bias) into ``layer``."""
-    w0 = layer.weight.detach().clone()
-    bias0 = layer.bias.detach().clone() if layer.bias is not None else None
+    steps at the end. Writes the masked optimised weight (and bias) into each layer.
+
+    Several ``layers`` (channel units only) share ONE input-channel subset (the consumers of a group with
+    several readers): ``L = sum_k MSE_k + aux_weight * mean_k CE_k`` (mean over the consumers that have an
+    auxiliary head) and a channel's score is the Frobenius norm of ``dL/dW`` over ALL its input weights,
+    ``sqrt(sum_k ||dL/dW_k[:, j]||_F^2)``. With one layer this is exactly the single-layer DCP loss."""
+    n_layers = len(layers)
+    if n_layers == 0 or not (len(xs) == len(y_refs) == len(auxes) == n_layers):
+        raise ValueError(f"_greedy_select_: need as many inputs/references/heads as layers ({n_layers})")
+    if unit == "kernel" and n_layers != 1:
+        raise ValueError("_greedy_select_: kernel units need exactly one layer")
+    w0s = [lay.weight.detach().clone() for lay in layers]
     if unit == "channel":
-        total = int(x.shape[1])
-        shape = [1, total] + [1] * (w0.dim() - 2)
+        total = int(xs[0].shape[1])
+        bad = [i for i, x in enumerate(xs) if int(x.shape[1]) != total or int(w0s[i].shape[1]) != total]
+        if bad:
+            raise ConfigError(f"DCP: the consumers of one group must read the same {total} channels; "
+                              f"consumer(s) {bad} read {[int(xs[i].shape[1]) for i in bad]}")
+        shapes = [[1, total] + [1] * (w.dim() - 2) for w in w0s]
     else:
-        total = int(w0.shape[0] * w0.shape[1])
-        shape = [int(w0.shape[0]), int(w0.shape[1])] + [1] * (w0.dim() - 2)
+        total = int(w0s[0].shape[0] * w0s[0].shape[1])
+        shapes = [[int(w0s[0].shape[0]), int(w0s[0].shape[1])] + [1] * (w0s[0].dim() - 2)]
     max_keep = max(1, min(int(max_keep), total))
     per_step = max(1, int(per_step))
     selected = torch.zeros(total, dtype=torch.bool)
-    n = x.shape[0]
-    if aux is not None:
-        aux.eval()
-        for p in aux.parameters():
-            p.requires_grad_(False)
+    n = int(xs[0].shape[0])
+    if any(int(x.shape[0]) != n for x in xs):
+        raise ValueError("_greedy_select_: every consumer needs the same calibration samples")
+    n_aux = sum(1 for a in auxes if a is not None)
+    ce_weight = aux_weight / n_aux if n_aux else 0.0
+    for aux in auxes:
+        if aux is not None:
+            aux.eval()
+            for p in aux.parameters():
+                p.requires_grad_(False)
 
-    w = w0.clone().requires_grad_(True)
-    b = bias0.clone().requires_grad_(True) if bias0 is not None else None
+    ws = [w0.clone().requires_grad_(True) for w0 in w0s]
+    bs = [lay.bias.detach().clone().requires_grad_(True) if lay.bias is not None else None for lay in layers]
     # plain SGD with momentum 0.9, written out (a torch.optim optimizer costs seconds to build the first time)
-    opt_params = [t for t in (w, b) if t is not None]
+    opt_params = [t for pair in zip(ws, bs, strict=True) for t in pair if t is not None]
     velocity = [torch.zeros_like(t) for t in opt_params]
     gen = torch.Generator().manual_seed(0)
 
-    def params(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    def params(k: int, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         d = {"weight": weight}
+        b = bs[k]
         if b is not None:
             d["bias"] = b
         return d
 
-    def mask() -> torch.Tensor:
-        return selected.view(shape).to(w.dtype)
+    def mask(k: int) -> torch.Tensor:
+        return selected.view(shapes[k]).to(ws[k].dtype)
 
-    def full_loss_and_grad() -> tuple[float, torch.Tensor]:
-        w_eff = (w.detach() * mask()).requires_grad_(True)
+    def loss_of(weights: Sequence[torch.Tensor], sl: Any) -> torch.Tensor:
+        loss = _layer_loss(layers[0], params(0, weights[0]), xs[0][sl], y_refs[0][sl], labels[sl], auxes[0],
+                           ce_weight)
+        for k in range(1, n_layers):
+            loss = loss + _layer_loss(layers[k], params(k, weights[k]), xs[k][sl], y_refs[k][sl], labels[sl],
+                                      auxes[k], ce_weight)
+        return loss
+
+    def full_loss_and_grad() -> tuple[float, list[torch.Tensor]]:
+        w_eff = [(ws[k].detach() * mask(k)).requires_grad_(True) for k in range(n_layers)]
         total_loss = 0.0
-        grad = torch.zeros_like(w_eff)
+        grads = [torch.zeros_like(w) for w in w_eff]
         for i in range(0, n, batch_size):
             sl = slice(i, i + batch_size)
-            loss = _layer_loss(layer, params(w_eff), x[sl], y_ref[sl], labels[sl], aux, aux_weight)
+            loss = loss_of(w_eff, sl)
             frac = min(batch_size, n - i) / n
-            (g,) = torch.autograd.grad(loss * frac, w_eff)
-            grad += g
+            for acc, g in zip(grads, torch.autograd.grad(loss * frac, w_eff), strict=True):
+                acc += g
             total_loss += float(loss.detach()) * frac
-        return total_loss, grad
+        return total_loss, grads
+
+    def scores(grads: list[torch.Tensor]) -> torch.Tensor:
+        if n_layers == 1:
+            return _unit_norms(grads[0], unit)
+        return torch.stack([_unit_norms(g, unit) for g in grads]).pow(2).sum(dim=0).sqrt()
 
     def optimise(n_steps: int) -> None:
-        m = mask()
+        masks = [mask(k) for k in range(n_layers)]
         for _ in range(n_steps):
             idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-            loss = _layer_loss(layer, params(w * m), x[idx], y_ref[idx], labels[idx], aux, aux_weight)
+            loss = loss_of([ws[k] * masks[k] for k in range(n_layers)], idx)
             grads = torch.autograd.grad(loss, opt_params)
             with torch.no_grad():
                 for t, v, g in zip(opt_params, velocity, grads, strict=True):
@@ -376,12 +421,12 @@ def _greedy_select_(
                     t.sub_(lr * v)
 
     loss0, grad = full_loss_and_grad()
-    first = _unit_norms(grad, unit)
+    first = scores(grad)
     losses = [loss0]
     order: list[int] = []
     stopped = "all"
     while len(order) < total:
-        picks = _top_unselected(_unit_norms(grad, unit), selected, min(per_step, max_keep - len(order)))
+        picks = _top_unselected(scores(grad), selected, min(per_step, max_keep - len(order)))
         for j in picks:
             selected[j] = True
         order.extend(picks)
@@ -398,9 +443,11 @@ def _greedy_select_(
             break
     optimise(final_steps)
     with torch.no_grad():
-        layer.weight.copy_(w.detach() * mask())
-        if layer.bias is not None and b is not None:
-            layer.bias.copy_(b.detach())
+        for k, lay in enumerate(layers):
+            lay.weight.copy_(ws[k].detach() * mask(k))
+            b = bs[k]
+            if lay.bias is not None and b is not None:
+                lay.bias.copy_(b.detach())
     return LayerSelection(order=order, losses=losses, first_grad_norms=first, stopped=stopped)
 
 
@@ -436,11 +483,60 @@ def select_channels_(
         >>> sel.order
         [1]
     """
-    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-        raise ConfigError(f"DCP: grouped/depthwise conv (groups={layer.groups}) is not supported")
-    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-        raise ConfigError(f"DCP: layer must be Conv2d or Linear, got {type(layer).__name__}")
-    return _greedy_select_(layer, x, y_ref, labels, aux, unit="channel", max_keep=max_keep, per_step=1,
+    return select_shared_channels_([layer], [x], [y_ref], labels, [aux], config, max_keep)
+
+
+def select_shared_channels_(
+    layers: Sequence[nn.Module],
+    xs: Sequence[torch.Tensor],
+    y_refs: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    auxes: Sequence[nn.Module | None],
+    config: DCPConfig,
+    max_keep: int,
+) -> LayerSelection:
+    """Greedy DCP selection of ONE input-channel subset shared by several consumer layers (the readers of a
+    residual stream: the next block's first conv and its shortcut, or the classifier), in place: every
+    layer's weight ends with the optimised values on the selected input channels and zeros elsewhere.
+
+    The loss is the sum of the per-consumer reconstruction errors plus the mean of their auxiliary losses,
+    ``L = sum_k MSE(layer_k(x_k; W_k), y_ref_k) + aux_weight * mean_k CE(aux_k(layer_k(x_k; W_k)), y)``;
+    the greedy step adds the channel ``j`` with the largest norm of the gradient of ``L`` with respect to
+    all weights that read it, ``sqrt(sum_k ||dL/dW_k[:, j]||_F^2)`` (the single-layer criterion applied to
+    the concatenated weights). Then the selected weights of every consumer are optimised (SGD on ``L``).
+    With one layer this is :func:`select_channels_` (same loss, same picks, same weights).
+
+    Args:
+        layers: Conv2d (``groups=1``) / Linear consumers that all read the same ``C`` channels.
+        xs: each layer's inputs in the network pruned so far (same samples, ``[N, C, ...]``).
+        y_refs: each layer's outputs in the unpruned reference network.
+        labels: class labels of the samples.
+        auxes: each layer's auxiliary classifier (``None``: no auxiliary term for that layer).
+        config: a :class:`DCPConfig`.
+        max_keep: the most channels to select.
+
+    Raises:
+        ConfigError: a layer is not a plain Conv2d/Linear, or the layers read different channel counts.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> a, b = nn.Linear(3, 1, bias=False), nn.Linear(3, 1, bias=False)
+        >>> x = torch.randn(64, 3)
+        >>> sel = select_shared_channels_([a, b], [x, x], [x[:, :1], 2 * x[:, 2:]], torch.zeros(64, dtype=torch.long),
+        ...                               [None, None], DCPConfig(final_steps=0, steps_per_channel=0), max_keep=1)
+        >>> sel.order  # channel 2 explains the larger target (2 x[:, 2]) of the two consumers
+        [2]
+    """
+    if len(layers) == 0:
+        raise ConfigError("DCP: select_shared_channels_ needs at least one consumer layer")
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+            raise ConfigError(f"DCP: grouped/depthwise conv (groups={layer.groups}) is not supported")
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise ConfigError(f"DCP: layer must be Conv2d or Linear, got {type(layer).__name__}")
+    plain = [layer for layer in layers if isinstance(layer, (nn.Conv2d, nn.Linear))]
+    return _greedy_select_(plain, xs, y_refs, labels, auxes, unit="channel", max_keep=max_keep, per_step=1,
                            steps=config.steps_per_channel, final_steps=config.final_steps, lr=config.lr,
                            batch_size=config.batch_size, stop=config.stop, tol=config.tol,
                            aux_weight=config.aux_weight, min_units=config.min_channels)
@@ -465,21 +561,24 @@ def _forward_order(model: nn.Module, example_inputs: tuple[Any, ...]) -> dict[st
 
 
 def dcp_layers(model: nn.Module, example_inputs: tuple[Any, ...], config: DCPConfig,
-               ) -> tuple[list[tuple[Any, str]], list[tuple[str, str]]]:
-    """The groups DCP prunes, as ``(group, consumer path)`` in forward order, and ``(group, reason)`` for the
-    prunable groups it leaves intact (several consumers, depthwise consumer, include/exclude).
+               ) -> tuple[list[tuple[Any, tuple[str, ...]]], list[tuple[str, str]]]:
+    """The groups DCP prunes, as ``(group, consumer paths)`` (consumers in forward order; several for a
+    residual stream), groups sorted by their first consumer in forward order (shallow to deep), and
+    ``(group, reason)`` for the prunable groups it leaves intact (a consumer that is not a plain
+    Conv2d/Linear, several consumers with ``multi_consumer=False``, include/exclude).
 
     Example:
         >>> import torch
         >>> from torch import nn
         >>> m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
         >>> [(g.name, c) for g, c in dcp_layers(m, (torch.randn(1, 1, 8, 8),), DCPConfig())[0]]
-        [('0', '2')]
+        [('0', ('2',))]
     """
     from torchslim.pruning.structured.dependency import build_groups
 
     order = _forward_order(model, example_inputs)
-    chosen: list[tuple[Any, str]] = []
+    last = 1 << 30
+    chosen: list[tuple[Any, tuple[str, ...]]] = []
     skipped: list[tuple[str, str]] = []
     for g in build_groups(model, example_inputs):
         if not g.prunable:
@@ -490,17 +589,25 @@ def dcp_layers(model: nn.Module, example_inputs: tuple[Any, ...], config: DCPCon
         if config.exclude and any(fnmatch.fnmatchcase(m.path, p) for m in g.members for p in config.exclude):
             skipped.append((g.name, "matched by exclude"))
             continue
-        cons = [m for m in g.consumers if m.role == "in"]
-        if len(cons) != 1:
-            skipped.append((g.name, f"read by {len(cons)} layers (DCP needs exactly one)"))
+        cons = sorted((m for m in g.consumers if m.role == "in"), key=lambda m: order.get(m.path, last))
+        if not cons:
+            skipped.append((g.name, "read by no Conv2d/Linear layer"))
             continue
-        mod = model.get_submodule(cons[0].path)
-        if cons[0].expand != 1 or not isinstance(mod, (nn.Conv2d, nn.Linear)) \
-                or (isinstance(mod, nn.Conv2d) and mod.groups != 1):
-            skipped.append((g.name, f"consumer {cons[0].path} is not a plain Conv2d/Linear"))
+        if len(cons) > 1 and not config.multi_consumer:
+            skipped.append((g.name, f"read by {len(cons)} layers (multi_consumer=False)"))
             continue
-        chosen.append((g, cons[0].path))
-    chosen.sort(key=lambda gc: order.get(gc[1], 1 << 30))
+        bad = None
+        for c in cons:
+            mod = model.get_submodule(c.path)
+            if c.expand != 1 or not isinstance(mod, (nn.Conv2d, nn.Linear)) \
+                    or (isinstance(mod, nn.Conv2d) and mod.groups != 1):
+                bad = c.path
+                break
+        if bad is not None:
+            skipped.append((g.name, f"consumer {bad} is not a plain Conv2d/Linear"))
+            continue
+        chosen.append((g, tuple(c.path for c in cons)))
+    chosen.sort(key=lambda gc: order.get(gc[1][0], last))
     return chosen, skipped
 
 
@@ -605,7 +712,7 @@ def dcp_select_(model: nn.Module, config: DCPConfig, data: Dataset[Any], example
         raise ConfigError(f"example_inputs must be a tuple, got {type(example_inputs).__name__}; wrap as (x,)")
     layers, skipped = dcp_layers(model, example_inputs, config)
     if not layers:
-        raise ConfigError(f"DCP: no prunable layer with a single plain Conv2d/Linear consumer; skipped: {skipped}")
+        raise ConfigError(f"DCP: no prunable group read only by plain Conv2d/Linear layers; skipped: {skipped}")
     was = model.training
     model.eval()
     with torch.no_grad():
@@ -613,7 +720,7 @@ def dcp_select_(model: nn.Module, config: DCPConfig, data: Dataset[Any], example
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ConfigError("DCP: the model must return [N, num_classes] logits")
     num_classes = int(out.shape[1])
-    heads = {path: _aux_head(model.get_submodule(path), num_classes) for _, path in layers}
+    heads = {path: _aux_head(model.get_submodule(path), num_classes) for _, paths in layers for path in paths}
 
     # 1. fine-tune with the discrimination-aware (auxiliary) losses
     _aux_finetune(model, heads, config.aux_weight, config.aux_train, config.aux_backbone, data, progress)
@@ -624,16 +731,15 @@ def dcp_select_(model: nn.Module, config: DCPConfig, data: Dataset[Any], example
     xs, ys = _calib(data, config.calib_samples)
     res = DCPResult(skipped=skipped, aux_heads=heads)
     bs = max(config.batch_size, 256)
-    for g, path in layers:
-        layer = model.get_submodule(path)
-        x_in = _outputs(model, path, xs, bs, "input")
-        y_ref = _outputs(reference, path, xs, bs, "output")
+    for g, paths in layers:
+        x_in = [_outputs(model, path, xs, bs, "input") for path in paths]
+        y_ref = [_outputs(reference, path, xs, bs, "output") for path in paths]
         k = g.channels if config.stop == "adaptive" and config.ratio == 0 else n_keep(g.channels, config.ratio)
         if k < config.min_channels:
             k = min(config.min_channels, g.channels)
-        head = heads[path]
-        sel = select_channels_(layer, x_in, y_ref, ys, head if config.aux_weight > 0 else None, config, k)
-        res.layers[g.name] = (path, sel)
+        auxes = [heads[path] if config.aux_weight > 0 else None for path in paths]
+        sel = select_shared_channels_([model.get_submodule(p) for p in paths], x_in, y_ref, ys, auxes, config, k)
+        res.layers[g.name] = (paths, sel)
         res.keep[g.name] = sel.keep
         res.widths[g.name] = len(sel.order)
     model.train(was)
@@ -765,7 +871,7 @@ def select_kernels_(
                           "depthwise convs are not selected")
     max_keep = max(1, min(int(max_keep), layer.out_channels * layer.in_channels))
     per_step = config.kernels_per_step or -(-max_keep // config.max_rounds)
-    return _greedy_select_(layer, x, y_ref, labels, aux, unit="kernel", max_keep=max_keep, per_step=per_step,
+    return _greedy_select_([layer], [x], [y_ref], labels, [aux], unit="kernel", max_keep=max_keep, per_step=per_step,
                            steps=config.steps_per_pick, final_steps=config.final_steps, lr=config.lr,
                            batch_size=config.batch_size, stop=config.stop, tol=config.tol,
                            aux_weight=config.aux_weight, min_units=config.min_kernels)
