@@ -139,7 +139,25 @@ def prune_selected_(model: nn.Module, example_inputs: tuple[Any, ...], keep: dic
 # ------------------------------------------------------------------------------------------------------
 
 
-class DCPConfig(Config):
+class _DiscriminationAware(Config):
+    """The settings DCP and DKP share (documented on :class:`DCPConfig` and :class:`DKPConfig`)."""
+
+    ratio: float = Field(default=0.5, ge=0.0, lt=1.0)
+    stop: Literal["fixed", "adaptive"] = "fixed"
+    tol: float = Field(default=0.01, ge=0.0)
+    aux_weight: float = Field(default=1.0, ge=0.0)
+    final_steps: int = Field(default=40, ge=0)
+    lr: float = Field(default=0.01, gt=0.0)
+    calib_samples: int = Field(default=512, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    aux_train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, batch_size=64, lr=0.01,
+                                                                       schedule="cosine"))
+    aux_backbone: bool = True
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class DCPConfig(_DiscriminationAware):
     """Discrimination-aware channel pruning.
 
     Attributes:
@@ -165,22 +183,9 @@ class DCPConfig(Config):
 
     type_name: ClassVar[str] = "dcp"
 
-    ratio: float = Field(default=0.5, ge=0.0, lt=1.0)
-    stop: Literal["fixed", "adaptive"] = "fixed"
-    tol: float = Field(default=0.01, ge=0.0)
-    aux_weight: float = Field(default=1.0, ge=0.0)
     steps_per_channel: int = Field(default=3, ge=0)
-    final_steps: int = Field(default=40, ge=0)
-    lr: float = Field(default=0.01, gt=0.0)
-    calib_samples: int = Field(default=512, ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    aux_train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, batch_size=64, lr=0.01,
-                                                                       schedule="cosine"))
-    aux_backbone: bool = True
     min_channels: int = Field(default=1, ge=1)
     multi_consumer: bool = True
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
 
 
 @dataclass
@@ -767,7 +772,7 @@ def dcp_prune_(model: nn.Module, config: DCPConfig, data: Dataset[Any], example_
 # ------------------------------------------------------------------------------------------------------
 
 
-class DKPConfig(Config):
+class DKPConfig(_DiscriminationAware):
     """Discrimination-aware kernel pruning (DKP, TPAMI version of DCP): the same losses and greedy loop as
     :class:`DCPConfig`, but the units are kernels (one ``kh x kw`` slice ``W[o, j]`` of a Conv2d weight).
 
@@ -797,24 +802,11 @@ class DKPConfig(Config):
 
     type_name: ClassVar[str] = "dkp"
 
-    ratio: float = Field(default=0.5, ge=0.0, lt=1.0)
     layer_ratios: dict[str, float] = Field(default_factory=dict)
-    stop: Literal["fixed", "adaptive"] = "fixed"
-    tol: float = Field(default=0.01, ge=0.0)
-    aux_weight: float = Field(default=1.0, ge=0.0)
     kernels_per_step: int = Field(default=0, ge=0)
     max_rounds: int = Field(default=32, ge=1)
     steps_per_pick: int = Field(default=3, ge=0)
-    final_steps: int = Field(default=40, ge=0)
-    lr: float = Field(default=0.01, gt=0.0)
-    calib_samples: int = Field(default=512, ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    aux_train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=2, batch_size=64, lr=0.01,
-                                                                       schedule="cosine"))
-    aux_backbone: bool = True
     min_kernels: int = Field(default=1, ge=1)
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
 
 
 @dataclass
