@@ -75,6 +75,20 @@ def _logits(model: nn.Module, x: torch.Tensor, bs: int = 500) -> torch.Tensor:
 
 
 @torch.no_grad()
+def train_members(make: Any, tc: Any, train: Any, n: int, step_fn: Any = None) -> list[nn.Module]:
+    """An ensemble of ``n`` models ``make()``, member ``i`` seeded ``100 + i`` (initialisation and data
+    order), trained with ``tc`` (and ``step_fn``, default cross-entropy) on ``train``; returned in eval mode."""
+    from torchslim.train import Trainer
+
+    members = []
+    for i in range(n):
+        torch.manual_seed(100 + i)
+        m = make()
+        Trainer(m, tc.model_copy(update={"seed": 100 + i}), step_fn=step_fn, progress=False).fit(train)
+        members.append(m.eval())
+    return members
+
+
 def _head_logits(model: Any, x: torch.Tensor, bs: int = 500) -> torch.Tensor:
     was = model.training
     model.eval()
@@ -167,12 +181,7 @@ def classification(quick: bool) -> dict[str, Any]:
     record("residual", rs)
 
     t0 = time.time()
-    members = []
-    for i in range(members_n):
-        torch.manual_seed(100 + i)
-        m = student()
-        Trainer(m, tc.model_copy(update={"seed": 100 + i}), progress=False).fit(train)
-        members.append(m.eval())
+    members = train_members(student, tc, train, members_n)
     secs["ensemble"] = time.time() - t0
     ens_in = torch.stack([_logits(m, x_test) for m in members])
     ens_out = torch.stack([_logits(m, x_ood) for m in members])

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from benchmarks.distill_cnn import _auroc, _head_logits, _logits, _neg_msp, cnn_body
+from benchmarks.distill_cnn import _auroc, _head_logits, _logits, _neg_msp, cnn_body, train_members
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hydra.json"
 
@@ -48,7 +48,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "hydra.json"
 def classification(quick: bool) -> dict[str, Any]:
     from torchslim import data
     from torchslim.distillation.methods.hydra import HydraKD, HydraStudent, disagreement, hydra_distill
-    from torchslim.train import TrainConfig, Trainer
+    from torchslim.train import TrainConfig
 
     n_train, n_test, n_ood = (3000, 2000, 2000) if quick else (10000, 5000, 5000)
     epochs, members_n, width, feat = (2, 4, 8, 64) if quick else (3, 4, 12, 96)
@@ -67,12 +67,7 @@ def classification(quick: bool) -> dict[str, Any]:
 
     secs: dict[str, float] = {}
     t0 = time.time()
-    members = []
-    for i in range(members_n):
-        torch.manual_seed(100 + i)
-        m = student()
-        Trainer(m, tc.model_copy(update={"seed": 100 + i}), progress=False).fit(train)
-        members.append(m.eval())
+    members = train_members(student, tc, train, members_n)
     secs["ensemble"] = time.time() - t0
     e_in = torch.stack([_logits(m, x_test) for m in members])
     e_out = torch.stack([_logits(m, x_ood) for m in members])
@@ -173,12 +168,7 @@ def _regression_case(
         mu, var = gaussian_params(m(b[0]), 1e-6)
         return gaussian_nll(b[1], mu, var).mean()
 
-    members = []
-    for i in range(5):
-        torch.manual_seed(100 + i)
-        m = nn.Sequential(mlp(hidden), nn.Linear(hidden, 2))
-        Trainer(m, tc.model_copy(update={"seed": 100 + i}), step_fn=nll_step, progress=False).fit(train)
-        members.append(m.eval())
+    members = train_members(lambda: nn.Sequential(mlp(hidden), nn.Linear(hidden, 2)), tc, train, 5, nll_step)
     with torch.no_grad():
         e_mu, e_var = ensemble_gaussians(members, xt)
         o_mu, o_var = ensemble_gaussians(members, x_ood)
