@@ -50,6 +50,10 @@ ROC AUC on held-out pairs (overall and positives vs each negative kind), mean +-
 latency of one query against 1000 documents: cross-encoder (1000 joint passes in batches of 250, with and
 without tokenization) vs the twin with cached document embeddings (query tower + crossing) vs the twin
 re-encoding the documents. ``--quick``: 6000 + 18000 pairs, 1 seed; default 12000 + 48000 pairs, 2 seeds.
+The synthetic mode also reports the paper's two serving details: the distilled cosine twin scoring an
+int8 and a 4-bit copy of its document cache (``DocumentCache.quantize``; AUC, bytes, max logit change), and
+a cosine twin whose input is hashed letter trigrams summed per word (``TriLetterTokenizer``, 4096 buckets)
+instead of whole-word ids, distilled on the same teacher scores with the same steps.
 Writes ``benchmarks/results/twinbert_synthetic[_quick].json``.
 """
 
@@ -437,6 +441,7 @@ def run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
     from torchslim.core.io import atomic_write_json
     from torchslim.distillation.methods.twinbert import (
         CrossEncoderTeacher,
+        TriLetterTokenizer,
         TwinDistill,
         WordTokenizer,
         finetune_teacher,
@@ -456,6 +461,7 @@ def run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
     teacher_epochs, batch = (6, 64) if quick else (8, 64)
     seeds = list(range(args.seeds if args.seeds else (1 if quick else 2)))
     tok = WordTokenizer(order_task_vocab(vocab))
+    tri = TriLetterTokenizer(num_buckets=4096, sum_words=True)  # the paper's input: summed hashed letter trigrams
     test = order_task(n_test, vocab, doc_len, window, seed=10_000)
     q_len, d_len = 2 + 2, doc_len + 2
 
@@ -478,6 +484,7 @@ def run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
         unlab = order_task(n_unlab, vocab, doc_len, window, seed=2 * seed + 2)  # labels never used
         rows: dict[str, dict[str, Any]] = {}
         bert = tiny_bert(tok.vocab_size, hidden, layers, heads, max_positions=q_len + d_len, type_vocab_size=4, seed=seed)
+        torch.manual_seed(1000 + seed)  # the teacher's head: torch's default seed differs between processes
         teacher = CrossEncoderTeacher(
             bert, hidden=64, max_length=q_len + d_len, tokenizer=tok, pooling="cls", match_features=True
         )
@@ -494,14 +501,16 @@ def run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
         distill_epochs = 1
         steps = -(-len(all_q) // batch) * distill_epochs
         label_epochs = max(1, round(steps / -(-n_lab // batch)))  # the same number of optimizer steps
-        runs = {
-            "twin_cosine_labels_only": ("cosine", lab.queries, lab.docs, 20.0 * (2 * torch.tensor(lab.labels) - 1), label_epochs),
-            "twin_cosine_distilled": ("cosine", all_q, all_d, t_logits, distill_epochs),
-            "twin_residual_distilled": ("residual", all_q, all_d, t_logits, distill_epochs),
+        hard = 20.0 * (2 * torch.tensor(lab.labels) - 1)
+        runs: dict[str, tuple[Any, ...]] = {
+            "twin_cosine_labels_only": ("cosine", lab.queries, lab.docs, hard, label_epochs, tok),
+            "twin_cosine_distilled": ("cosine", all_q, all_d, t_logits, distill_epochs, tok),
+            "twin_residual_distilled": ("residual", all_q, all_d, t_logits, distill_epochs, tok),
+            "twin_cosine_distilled_triletter": ("cosine", all_q, all_d, t_logits, distill_epochs, tri),
         }
-        for name, (crossing, qs, ds, targets, epochs) in runs.items():
+        for name, (crossing, qs, ds, targets, epochs, tokenizer) in runs.items():
             model = twin_from_tiny_bert(
-                tok, hidden, layers, heads, crossing=crossing,  # type: ignore[arg-type]
+                tokenizer, hidden, layers, heads, crossing=crossing,
                 query_max_length=q_len, doc_max_length=d_len, seed=100 + seed,
             )
             t0 = time.time()
@@ -521,6 +530,17 @@ def run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
             print(f"seed {seed} {name}: {rows[name]}", flush=True)
             if name == "twin_cosine_distilled":
                 twin = model
+                rows[name]["cache_bytes"] = cache.nbytes
+                for bits in (8, 4):  # the same twin scoring a quantised copy of the cache
+                    qcache = cache.quantize(bits)
+                    q_paired = model.crossing(q_emb, qcache.dequantize_rows())
+                    rows[f"{name}_int{bits}_cache"] = {
+                        **_auc_by_kind(q_paired.detach(), test.labels, test.kinds),
+                        "cache_bytes": qcache.nbytes,
+                        "memory_ratio_vs_float": cache.nbytes / qcache.nbytes,
+                        "max_abs_logit_diff_vs_float": float((q_paired - paired).detach().abs().max()),
+                    }
+                    print(f"seed {seed} {name}_int{bits}_cache: {rows[f'{name}_int{bits}_cache']}", flush=True)
         per_seed.append(rows)
 
     names = list(per_seed[0])
@@ -572,6 +592,12 @@ def run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
             f"{n:<28}{r['auc_mean']:>8.4f}{r['auc_std']:>7.4f}{r['auc_mean'] - t_auc:>+8.4f}"
             + "".join(f"{r.get('auc_vs_' + k, float('nan')):>14.4f}" for k in kinds)
         )
+    r0 = per_seed[0]
+    print(f"test cache ({n_test} documents x {hidden} dims), seed {seeds[0]}: float32 "
+          f"{r0['twin_cosine_distilled']['cache_bytes']} B" + "".join(
+              f", int{b} {r0[f'twin_cosine_distilled_int{b}_cache']['cache_bytes']} B "
+              f"({r0[f'twin_cosine_distilled_int{b}_cache']['memory_ratio_vs_float']:.2f}x smaller, max |logit diff| "
+              f"{r0[f'twin_cosine_distilled_int{b}_cache']['max_abs_logit_diff_vs_float']:.4f})" for b in (8, 4)))
     print(f"\nlatency, 1 query vs 1000 documents (median ms, {args.threads} thread{'s' if args.threads > 1 else ''}"
           f"{', CONTAMINATED' if contaminated else ''}):")
     for k, v in ms.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 import pytest
@@ -15,8 +16,10 @@ from torchslim.distillation.methods.twinbert import (
     CosineCrossing,
     CrossEncoderTeacher,
     DocumentCache,
+    QuantizedDocumentCache,
     ResidualCrossing,
     Tower,
+    TriLetterTokenizer,
     TwinBERT,
     TwinDistill,
     WeightedPooling,
@@ -483,3 +486,147 @@ def test_twin_from_tiny_bert_scores_cached_documents_like_pairs() -> None:
     with torch.no_grad():
         paired = twin_model.pair_logits(task.queries, task.docs)
     assert torch.allclose(torch.diagonal(all_pairs), paired, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- tri-letter-gram input hashing
+def test_triletter_trigrams_and_crc32_ids_on_hand_examples() -> None:
+    # metric: exact equality with hand-derived trigram strings and crc32 values (computed once with
+    # zlib.crc32 and written here, so a process-salted hash would fail)
+    assert zlib.crc32(b"#ca") == 2972665857 and zlib.crc32(b"cat") == 2656977832
+    assert zlib.crc32(b"at#") == 1600173445 and zlib.crc32(b"#a#") == 466291263
+    tok = TriLetterTokenizer(num_buckets=1000, sum_words=False)
+    assert tok.trigrams("cat") == ["#ca", "cat", "at#"]
+    assert tok.trigrams("Cat") == ["#ca", "cat", "at#"]  # lower-cased by default
+    assert TriLetterTokenizer(lowercase=False).trigrams("Cat") == ["#Ca", "Cat", "at#"]
+    assert tok.trigrams("a") == ["#a#"]  # a one-letter word still gives one trigram
+    # ids: 4 + crc32 % 1000: 4 + 857, 4 + 832, 4 + 445 for "cat"'s trigrams and 4 + 263 for "#a#"
+    assert tok.word_ids("cat") == [861, 836, 449] and tok.word_ids("a") == [267]
+    assert tok.vocab_size == 1004
+    enc = tok(["a"], ["cat"])  # [CLS] #a# [SEP] #ca cat at# [SEP]
+    assert enc["input_ids"].tolist() == [[2, 267, 3, 861, 836, 449, 3]]
+    assert enc["token_type_ids"].tolist() == [[0, 0, 0, 1, 1, 1, 1]]
+    summed = TriLetterTokenizer(num_buckets=1000)(["cat a", "a"])  # one row of trigram ids per word
+    assert summed["input_ids"].tolist() == [
+        [[2, 0, 0], [861, 836, 449], [267, 0, 0], [3, 0, 0]],
+        [[2, 0, 0], [267, 0, 0], [3, 0, 0], [0, 0, 0]],
+    ]
+    assert summed["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    # truncation counts words in the summed layout (the pair's second text loses words first)
+    cut = TriLetterTokenizer(num_buckets=1000)(["a cat"], ["cat a"], max_length=5)
+    assert cut["input_ids"].shape[1] == 5 and cut["token_type_ids"].tolist() == [[0, 0, 0, 0, 1]]
+    # a misspelling keeps most trigrams: "vacine" shares #va, vac, cin, ine, ne# (5 of its 6) with "vaccine"
+    assert set(tok.trigrams("vaccine")) & set(tok.trigrams("vacine")) == {"#va", "vac", "cin", "ine", "ne#"}
+    with pytest.raises(ConfigError, match="num_buckets must be >= 1"):
+        TriLetterTokenizer(num_buckets=0)
+    with pytest.raises(ConfigError, match="max_length must be >= 3"):
+        tok(["a"], ["b"], max_length=2)
+
+
+def test_tower_sums_trigram_embeddings_per_word() -> None:
+    # metric: max abs difference of tower embeddings, tol 1e-6, against (1) the encoder run on hand-summed
+    # trigram embeddings and (2) the sequence layout, identical when every word has a single trigram
+    summed = TriLetterTokenizer(num_buckets=50, sum_words=True)
+    seq = TriLetterTokenizer(num_buckets=50, sum_words=False)
+    bert = lib_tiny_bert(summed.vocab_size, hidden=16, layers=1, heads=2, seed=0)
+    tower_sum, tower_seq = Tower(bert, summed, pooling="mean"), Tower(bert, seq, pooling="mean")
+    with torch.no_grad():
+        got = tower_sum.embed(["cat a"])
+        table = bert.get_input_embeddings().weight
+        words = torch.stack(
+            [table[2], table[summed.word_ids("cat")].sum(0), table[summed.word_ids("a")].sum(0), table[3]]
+        )
+        ref = bert(inputs_embeds=words[None], attention_mask=torch.ones(1, 4, dtype=torch.long)).last_hidden_state
+        assert (got - ref.mean(1)).abs().max() <= 1e-6
+        one_letter = ["a b c", "x y"]  # one trigram per word: both layouts feed the same vectors
+        assert (tower_sum.embed(one_letter) - tower_seq.embed(one_letter)).abs().max() <= 1e-6
+
+
+def test_twin_with_triletter_tokenizer_scores_cache_like_pairs() -> None:
+    # metric: max abs difference between cached all-pairs scores and paired scores, tol 1e-5
+    task = order_task(5, vocab_size=40, doc_len=10, seed=1)
+    tok = TriLetterTokenizer(num_buckets=64)
+    model = twin_from_tiny_bert(tok, hidden=16, layers=1, heads=2, doc_max_length=12).eval()
+    cache = model.encode_documents(task.docs)
+    with torch.no_grad():
+        paired = model.pair_logits(task.queries, task.docs)
+    assert torch.allclose(torch.diagonal(model.score(task.queries, cache)), paired, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- quantised document cache
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("granularity", ["vector", "dim"])
+def test_quantized_cache_error_bound_and_memory(bits: int, granularity: str) -> None:
+    # metric: per-element reconstruction error <= scale / 2 (+1e-6 float slack); bytes exactly
+    # N*D*bits/8 + 4 * (number of scales) (hand count)
+    torch.manual_seed(0)
+    n, d = 100, 63  # odd D exercises the 4-bit packing's padding
+    emb = torch.randn(n, d) * torch.rand(n, 1) * 3
+    cache = DocumentCache(emb, max_length=12)
+    q = cache.quantize(bits, granularity)  # type: ignore[arg-type]
+    rec = q.dequantize().embeddings
+    scale = q.scales[:, None] if granularity == "vector" else q.scales[None, :]
+    assert bool(((rec - emb).abs() <= scale / 2 + 1e-6).all())
+    qmax = 2 ** (bits - 1) - 1
+    absmax = emb.abs().amax(1) if granularity == "vector" else emb.abs().amax(0)
+    assert torch.allclose(q.scales, absmax / qmax)  # hand formula: s = max|x| / (2^(b-1) - 1)
+    assert int(q.int_codes().abs().max()) == qmax
+    n_scales = n if granularity == "vector" else d
+    code_bytes = n * d if bits == 8 else n * ((d + 1) // 2)
+    assert q.nbytes == code_bytes + 4 * n_scales and cache.nbytes == n * d * 4
+    if granularity == "vector":  # float32 / quantised memory: 4 * 63 / (63 + 4) = 3.76 and 252 / 36 = 7.0
+        assert cache.nbytes / q.nbytes >= (3.7 if bits == 8 else 6.9)
+
+
+def test_quantized_cache_cosine_scores_close_to_float() -> None:
+    # metric: |cos(q, x_hat) - cos(q, x)| per (query, document), cosine crossing with w=1, b=0. Bound (hand
+    # derivation): |cos(q, a) - cos(q, b)| <= ||a/|a| - b/|b| || <= 2 ||a - b|| / ||b||, checked for every pair
+    # (+1e-6). Also a fixed tolerance on 64-dim Gaussian embeddings: max abs error <= 0.01 (int8) and
+    # <= 0.1 (4-bit), about 2-3x the observed worst case. Scoring the quantised cache == scoring its dequantised
+    # float copy (1e-6), whatever the chunk size.
+    model = twin("cosine")
+    torch.manual_seed(1)
+    docs = torch.randn(300, model.dim)
+    queries = torch.randn(20, model.dim)
+    ref = model.score_embeddings(queries, DocumentCache(docs))
+    for bits in (8, 4):
+        q = DocumentCache(docs).quantize(bits)
+        got = model.score_embeddings(queries, q)
+        rel = 2 * (q.dequantize_rows() - docs).norm(dim=1) / docs.norm(dim=1)
+        assert got.shape == (20, 300) and bool(((got - ref).abs() <= rel[None, :] + 1e-6).all())
+        assert torch.allclose(got, model.score_embeddings(queries, q.dequantize()), atol=1e-6)
+        q.chunk = 7
+        assert torch.allclose(model.score_embeddings(queries, q), got, atol=1e-6)
+    crossing = CosineCrossing()
+    torch.manual_seed(2)
+    docs64, q64 = torch.randn(500, 64), torch.randn(50, 64)
+    ref64 = crossing.all_pairs(q64, docs64)
+    for bits, tol in ((8, 0.01), (4, 0.1)):
+        deq = DocumentCache(docs64).quantize(bits).dequantize_rows()
+        assert (crossing.all_pairs(q64, deq) - ref64).abs().max() <= tol
+    # raw texts against a quantised cache of the real document tower
+    cache = model.encode_documents(DOCS)
+    f, i8 = model.score(QUERIES, cache), model.score(QUERIES, cache.quantize(8))
+    assert (f - i8).abs().max() <= 0.01
+
+
+def test_quantized_cache_save_load_subset_and_bad_input(tmp_path: Any) -> None:
+    # metric: exact equality of codes, scales, ids and reconstructions after a save/load round trip
+    torch.manual_seed(2)
+    cache = DocumentCache(torch.randn(6, 9), ids=list("abcdef"), max_length=12)
+    for bits in (8, 4):
+        q = cache.quantize(bits)
+        q.save(tmp_path / f"q{bits}.pt")
+        back = QuantizedDocumentCache.load(tmp_path / f"q{bits}.pt")
+        assert torch.equal(back.codes, q.codes) and torch.equal(back.scales, q.scales)
+        assert back.ids == list("abcdef") and back.max_length == 12 and back.bits == bits
+        assert torch.equal(back.dequantize().embeddings, q.dequantize().embeddings)
+        sub = q.subset([5, 1])
+        assert sub.ids == ["f", "b"] and torch.equal(sub.dequantize_rows()[1], q.dequantize_rows()[1])
+    with pytest.raises(ConfigError, match="bits must be in 2..8"):
+        cache.quantize(16)
+    with pytest.raises(ConfigError, match="granularity must be"):
+        cache.quantize(8, "row")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="NaN or Inf"):
+        DocumentCache(torch.full((2, 3), float("nan"))).quantize(8)
+    with pytest.raises(ConfigError, match="cached documents have 9"):
+        twin("cosine").score_embeddings(torch.randn(1, 16), cache.quantize(8))

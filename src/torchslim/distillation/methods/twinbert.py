@@ -63,6 +63,7 @@ Example:
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,8 +87,10 @@ __all__ = [
     "ResidualCrossing",
     "Tower",
     "TwinBERT",
+    "TriLetterTokenizer",
     "TwinDistill",
     "OrderTask",
+    "QuantizedDocumentCache",
     "WeightedPooling",
     "WordTokenizer",
     "build_twinbert",
@@ -174,7 +177,10 @@ class Tower(nn.Module):
         pooling: ``"weighted"`` (the paper), ``"mean"`` or ``"cls"``.
         max_length: tokens per text when tokenizing raw text.
 
-    ``forward(input_ids, attention_mask, token_type_ids=None) -> [B, dim]`` (not normalised).
+    ``forward(input_ids, attention_mask, token_type_ids=None) -> [B, dim]`` (not normalised). ``input_ids`` of
+    shape ``[B, T, K]`` (:class:`TriLetterTokenizer` with ``sum_words=True``) hold ``K`` gram ids per word: the
+    tower sums their input embeddings into one vector per word (padding id 0 has BERT's zero padding
+    embedding) and feeds those to the encoder.
     """
 
     def __init__(
@@ -204,7 +210,11 @@ class Tower(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if input_ids.dim() == 3:  # [B, words, grams] (TriLetterTokenizer(sum_words=True)): sum each word's grams
+            word_vectors = self.bert.get_input_embeddings()(input_ids).sum(dim=2)
+            inputs = {"inputs_embeds": word_vectors, "attention_mask": attention_mask}
+        else:
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         hidden = _last_hidden(self.bert, inputs)
@@ -374,6 +384,201 @@ class DocumentCache:
         state = torch.load(path, map_location="cpu", weights_only=False)
         return cls(state["embeddings"], list(state["ids"]), state["max_length"])
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the embeddings (``N * D * 4`` bytes for float32; ids not counted)."""
+        return int(self.embeddings.numel() * self.embeddings.element_size())
+
+    def quantize(self, bits: int = 8, granularity: Literal["vector", "dim"] = "vector") -> QuantizedDocumentCache:
+        """A compressed copy: symmetric ``bits``-bit integer codes and float32 scales (see
+        :class:`QuantizedDocumentCache`).
+
+        Example:
+            >>> cache = DocumentCache(torch.randn(100, 64))
+            >>> q8 = cache.quantize(8)
+            >>> round(cache.nbytes / q8.nbytes, 2)   # 25600 / (6400 codes + 400 scale bytes)
+            3.76
+        """
+        return QuantizedDocumentCache.from_embeddings(
+            self.embeddings, bits=bits, granularity=granularity, ids=self.ids, max_length=self.max_length
+        )
+
+
+_QUANT_BITS = range(2, 9)
+
+
+def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """Signed codes in ``[-7, 7]`` ``[N, D]`` -> ``uint8 [N, ceil(D / 2)]``, two 4-bit fields per byte."""
+    n, d = codes.shape
+    u = (codes.to(torch.int16) + 8).to(torch.uint8)  # 1..15
+    if d % 2:
+        u = torch.cat([u, torch.full((n, 1), 8, dtype=torch.uint8)], dim=1)  # pad with the code of 0
+    return u[:, 0::2] | (u[:, 1::2] << 4)
+
+
+def _unpack_nibbles(packed: torch.Tensor, dim: int) -> torch.Tensor:
+    """Inverse of :func:`_pack_nibbles` -> ``int8 [N, dim]``."""
+    low = (packed & 15).to(torch.int8) - 8
+    high = (packed >> 4).to(torch.int8) - 8
+    return torch.stack([low, high], dim=2).reshape(packed.shape[0], -1)[:, :dim]
+
+
+@dataclass
+class QuantizedDocumentCache:
+    """Cached document embeddings stored as symmetric ``bits``-bit integers with float32 scales.
+
+    TwinBERT's document embeddings are computed offline and held in memory for serving; storing them as
+    integers cuts that memory ~4x (int8) or ~8x (4-bit) against float32. Each embedding ``x`` is stored as
+    ``codes = round(x / s)`` with ``s = max|x| / (2**(bits-1) - 1)`` (the narrow signed range, e.g.
+    ``[-127, 127]`` for int8, so ``+max|x|`` and ``-max|x|`` are both exact and nothing is clipped) and
+    reconstructed as ``codes * s``: every element is off by at most ``s / 2``. ``granularity="vector"``
+    gives each document its own ``s`` (``N`` scales; the cosine of a query with ``codes * s`` equals the
+    cosine with ``codes``, since ``s`` cancels); ``"dim"`` one ``s`` per embedding dimension (``D`` scales).
+    With ``bits <= 4`` two codes are packed per byte.
+
+    Scoring (:meth:`TwinBERT.score`) dequantises ``chunk`` documents at a time, so the float copy of the
+    whole cache is never held.
+
+    Attributes:
+        codes: ``int8 [N, D]`` (``bits > 4``) or ``uint8 [N, ceil(D/2)]`` (``bits <= 4``, packed).
+        scales: ``float32 [N]`` (``"vector"``) or ``[D]`` (``"dim"``).
+        dim / bits / granularity: the embedding width, the code width and the scale layout.
+        ids / max_length: as in :class:`DocumentCache`.
+
+    Example:
+        >>> emb = torch.randn(100, 64)
+        >>> q = QuantizedDocumentCache.from_embeddings(emb, bits=8)
+        >>> err = (q.dequantize().embeddings - emb).abs()
+        >>> bool((err <= q.scales[:, None] / 2 + 1e-7).all()), q.nbytes
+        (True, 6800)
+    """
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    dim: int
+    bits: int = 8
+    granularity: Literal["vector", "dim"] = "vector"
+    ids: list[Any] = field(default_factory=list)
+    max_length: int | None = None
+    chunk: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.bits not in _QUANT_BITS:
+            raise ConfigError(f"QuantizedDocumentCache: bits must be in 2..8, got {self.bits}")
+        if self.granularity not in ("vector", "dim"):
+            raise ConfigError(
+                f"QuantizedDocumentCache: granularity must be 'vector' (one scale per document) or 'dim' (one "
+                f"scale per embedding dimension), got {self.granularity!r}"
+            )
+        width = (self.dim + 1) // 2 if self.bits <= 4 else self.dim
+        if self.codes.dim() != 2 or self.codes.shape[1] != width:
+            raise ConfigError(
+                f"QuantizedDocumentCache: codes must be [N, {width}] for dim={self.dim}, bits={self.bits}; got "
+                f"{tuple(self.codes.shape)}"
+            )
+        n_scales = self.codes.shape[0] if self.granularity == "vector" else self.dim
+        if self.scales.shape != (n_scales,):
+            raise ConfigError(
+                f"QuantizedDocumentCache: {self.granularity!r} scales must have shape ({n_scales},), got "
+                f"{tuple(self.scales.shape)}"
+            )
+        if not self.ids:
+            self.ids = list(range(self.codes.shape[0]))
+        if len(self.ids) != self.codes.shape[0]:
+            raise ConfigError(
+                f"QuantizedDocumentCache: {len(self.ids)} ids for {self.codes.shape[0]} embeddings; pass one id "
+                "per document"
+            )
+        if self.chunk < 1:
+            raise ConfigError(f"QuantizedDocumentCache: chunk must be >= 1, got {self.chunk}")
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        embeddings: torch.Tensor,
+        bits: int = 8,
+        granularity: Literal["vector", "dim"] = "vector",
+        ids: Sequence[Any] | None = None,
+        max_length: int | None = None,
+    ) -> QuantizedDocumentCache:
+        """Quantise float embeddings ``[N, D]`` (see the class docstring for the formula)."""
+        from torchslim.quantization.primitives import choose_qparams, qrange, quantize
+
+        if embeddings.dim() != 2:
+            raise ConfigError(f"QuantizedDocumentCache: embeddings must be [N, D], got {tuple(embeddings.shape)}")
+        if bits not in _QUANT_BITS:
+            raise ConfigError(f"QuantizedDocumentCache: bits must be in 2..8, got {bits}")
+        if granularity not in ("vector", "dim"):
+            raise ConfigError(f"QuantizedDocumentCache: granularity must be 'vector' or 'dim', got {granularity!r}")
+        x = embeddings.detach().float().cpu()
+        if not bool(torch.isfinite(x).all()):
+            raise ConfigError("QuantizedDocumentCache: the embeddings contain NaN or Inf; check the document tower")
+        axis = 0 if granularity == "vector" else 1
+        absmax = x.abs().amax(dim=1 - axis) if x.numel() else torch.zeros(x.shape[axis])
+        scale, zp = choose_qparams(-absmax, absmax, bits=bits, symmetric=True, signed=True, narrow_range=True)
+        qmin, qmax = qrange(bits, signed=True, narrow_range=True)
+        codes = quantize(x, scale, zp, qmin, qmax, axis=axis).to(torch.int8)
+        stored = _pack_nibbles(codes) if bits <= 4 else codes
+        return cls(stored, scale, int(x.shape[1]), bits, granularity, list(ids or []), max_length)
+
+    def __len__(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the codes and the scales (ids not counted)."""
+        return int(self.codes.numel() * self.codes.element_size() + self.scales.numel() * 4)
+
+    def int_codes(self, rows: slice | None = None) -> torch.Tensor:
+        """The signed integer codes ``int8 [N, D]`` (unpacked), optionally of a row slice."""
+        c = self.codes if rows is None else self.codes[rows]
+        return _unpack_nibbles(c, self.dim) if self.bits <= 4 else c
+
+    def dequantize_rows(self, rows: slice | None = None) -> torch.Tensor:
+        """Float32 reconstruction ``codes * scale`` of all rows (or a row slice)."""
+        c = self.int_codes(rows).float()
+        if self.granularity == "dim":
+            return c * self.scales[None, :]
+        s = self.scales if rows is None else self.scales[rows]
+        return c * s[:, None]
+
+    def dequantize(self) -> DocumentCache:
+        """A float :class:`DocumentCache` of the reconstructed embeddings."""
+        return DocumentCache(self.dequantize_rows(), list(self.ids), self.max_length)
+
+    def subset(self, index: Sequence[int]) -> QuantizedDocumentCache:
+        """The cache restricted to rows ``index``."""
+        idx = list(index)
+        scales = self.scales[idx] if self.granularity == "vector" else self.scales
+        return QuantizedDocumentCache(
+            self.codes[idx], scales, self.dim, self.bits, self.granularity, [self.ids[i] for i in idx],
+            self.max_length, self.chunk,
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write the cache atomically (``torch.save`` format)."""
+        from torchslim.core.io import atomic_torch_save
+
+        atomic_torch_save(
+            path,
+            {
+                "codes": self.codes,
+                "scales": self.scales,
+                "dim": self.dim,
+                "bits": self.bits,
+                "granularity": self.granularity,
+                "ids": self.ids,
+                "max_length": self.max_length,
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> QuantizedDocumentCache:
+        """Read a cache written by :meth:`save`."""
+        s = torch.load(path, map_location="cpu", weights_only=False)
+        return cls(s["codes"], s["scales"], int(s["dim"]), int(s["bits"]), s["granularity"], list(s["ids"]),
+                   s["max_length"])
+
 
 class TwinBERT(nn.Module):
     """Query tower + document tower + crossing layer.
@@ -482,29 +687,47 @@ class TwinBERT(nn.Module):
         return DocumentCache(emb, list(ids) if ids is not None else [], self.doc_max_length)
 
     @torch.no_grad()
-    def score_embeddings(self, query_emb: torch.Tensor, cache: DocumentCache | torch.Tensor) -> torch.Tensor:
-        """Logits ``[Q, N]`` of query embeddings against cached document embeddings (crossing layer only)."""
-        docs = cache.embeddings if isinstance(cache, DocumentCache) else cache
-        if query_emb.shape[-1] != docs.shape[-1]:
+    def score_embeddings(
+        self, query_emb: torch.Tensor, cache: DocumentCache | QuantizedDocumentCache | torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[Q, N]`` of query embeddings against cached document embeddings (crossing layer only).
+
+        A :class:`QuantizedDocumentCache` is dequantised ``cache.chunk`` documents at a time.
+        """
+        d_dim = cache.dim if isinstance(cache, QuantizedDocumentCache | DocumentCache) else cache.shape[-1]
+        if query_emb.shape[-1] != d_dim:
             raise ConfigError(
                 f"TwinBERT.score: the query tower embeds to {query_emb.shape[-1]} dims but the cached documents have "
-                f"{docs.shape[-1]}; rebuild the cache with this model's encode_documents"
+                f"{d_dim}; rebuild the cache with this model's encode_documents"
             )
         was_training = self.training
         self.eval()
         try:
+            if isinstance(cache, QuantizedDocumentCache):
+                parts = [
+                    self.crossing.all_pairs(
+                        query_emb, cache.dequantize_rows(slice(i, i + cache.chunk)).to(query_emb)
+                    )
+                    for i in range(0, len(cache), cache.chunk)
+                ]
+                return torch.cat(parts, dim=1) if parts else query_emb.new_zeros(query_emb.shape[0], 0)
+            docs = cache.embeddings if isinstance(cache, DocumentCache) else cache
             return self.crossing.all_pairs(query_emb, docs.to(query_emb.dtype))
         finally:
             self.train(was_training)
 
-    def score(self, queries: Sequence[str], cache: DocumentCache, batch_size: int = 64) -> torch.Tensor:
+    def score(
+        self, queries: Sequence[str], cache: DocumentCache | QuantizedDocumentCache, batch_size: int = 64
+    ) -> torch.Tensor:
         """Logits ``[Q, N]`` of every query against every cached document; documents are never re-encoded.
 
         Only the query tower and the crossing layer run. ``sigmoid`` of a logit is the relevance probability.
+        ``cache`` may be quantised (``encode_documents(...).quantize(8)``).
         """
-        if not isinstance(cache, DocumentCache):
+        if not isinstance(cache, DocumentCache | QuantizedDocumentCache):
             raise ConfigError(
-                f"TwinBERT.score: cache must be a DocumentCache (from encode_documents), got {type(cache).__name__}"
+                "TwinBERT.score: cache must be a DocumentCache (from encode_documents) or a QuantizedDocumentCache "
+                f"(from DocumentCache.quantize), got {type(cache).__name__}"
             )
         return self.score_embeddings(self.encode_queries(queries, batch_size), cache)
 
@@ -1224,6 +1447,147 @@ class WordTokenizer:
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
 
 
+class TriLetterTokenizer:
+    """TwinBERT's input: each word split into letter trigrams with ``#`` boundaries, hashed into a fixed vocabulary.
+
+    A word ``w`` becomes the 3-letter windows of ``"#" + w + "#"``: ``"cat"`` -> ``"#ca", "cat", "at#"``;
+    a one-letter word ``"a"`` -> ``"#a#"``. Each trigram ``g`` gets the id
+    ``4 + zlib.crc32(g.encode("utf-8")) % num_buckets`` (a stable hash: the same id in every process, unlike
+    Python's salted ``hash()``), after the special ids ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3`` (as
+    :class:`WordTokenizer`). The vocabulary is therefore ``num_buckets + 4`` ids whatever the text, and a
+    misspelt or unseen word still shares most of its trigrams with the correct one. Distinct trigrams may
+    share a bucket (a hash collision); more buckets make that rarer.
+
+    Two layouts, both called like a ``transformers`` tokenizer (single texts or pairs, ``token_type_ids`` 0 for
+    the first segment and its ``[SEP]``, 1 for the second):
+
+    - ``sum_words=True`` (the paper's: a word's trigram vectors are summed into one word vector):
+      ``input_ids`` is ``[B, T, K]``, one row of ``K`` gram ids per word (padded with 0), and ``T`` counts
+      words and special tokens; :class:`Tower` sums the ``K`` embeddings of each word. ``max_length`` counts
+      words.
+    - ``sum_words=False``: ``input_ids`` is ``[B, T]``, every trigram one token (a sequence ~4x longer than
+      the words); ``max_length`` counts trigrams (a truncated word may lose its last trigrams).
+
+    Args:
+        num_buckets: size of the hashed trigram vocabulary.
+        sum_words: the layout above.
+        lowercase: lower-case the text first.
+
+    Raises:
+        ConfigError: ``num_buckets < 1``; bad call arguments (as :class:`WordTokenizer`).
+
+    Example:
+        >>> tok = TriLetterTokenizer(num_buckets=1000, sum_words=False)
+        >>> tok.trigrams("Cat"), tok.trigrams("a")
+        (['#ca', 'cat', 'at#'], ['#a#'])
+        >>> tok.encode("a")                     # 4 + crc32(b"#a#") % 1000 = 4 + 466291263 % 1000
+        [267]
+        >>> tok(["a"])["input_ids"].tolist()    # [CLS] #a# [SEP]
+        [[2, 267, 3]]
+        >>> TriLetterTokenizer(num_buckets=1000)(["a cat"])["input_ids"].shape   # [B, words + 2, max grams]
+        torch.Size([1, 4, 3])
+    """
+
+    SPECIALS: ClassVar[tuple[str, ...]] = WordTokenizer.SPECIALS
+    PAD_ID: ClassVar[int] = WordTokenizer.PAD_ID
+    UNK_ID: ClassVar[int] = WordTokenizer.UNK_ID
+    CLS_ID: ClassVar[int] = WordTokenizer.CLS_ID
+    SEP_ID: ClassVar[int] = WordTokenizer.SEP_ID
+
+    def __init__(self, num_buckets: int = 30_000, sum_words: bool = True, lowercase: bool = True) -> None:
+        if int(num_buckets) < 1:
+            raise ConfigError(f"TriLetterTokenizer: num_buckets must be >= 1, got {num_buckets}")
+        self.num_buckets = int(num_buckets)
+        self.sum_words = bool(sum_words)
+        self.lowercase = bool(lowercase)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included (the ``vocab_size`` a BERT config needs)."""
+        return self.num_buckets + len(self.SPECIALS)
+
+    def trigrams(self, word: str) -> list[str]:
+        """The letter trigrams of ``"#" + word + "#"`` (lower-cased if ``lowercase``), in order."""
+        w = f"#{word.lower() if self.lowercase else word}#"
+        return [w[i : i + 3] for i in range(len(w) - 2)]
+
+    def gram_id(self, gram: str) -> int:
+        """Id of one trigram: ``4 + crc32(utf-8 bytes) % num_buckets``."""
+        return len(self.SPECIALS) + zlib.crc32(gram.encode("utf-8")) % self.num_buckets
+
+    def word_ids(self, word: str) -> list[int]:
+        """Trigram ids of one word."""
+        return [self.gram_id(g) for g in self.trigrams(word)]
+
+    def encode(self, text: str) -> list[int]:
+        """Trigram ids of ``text``, word after word (no special tokens, the ``sum_words=False`` sequence)."""
+        return [i for w in self._words(text) for i in self.word_ids(w)]
+
+    def _words(self, text: str) -> list[str]:
+        return text.split()
+
+    def _units(self, text: str) -> list[list[int]]:
+        """One unit per position: a word's gram ids (summed layout) or one gram id (sequence layout)."""
+        if self.sum_words:
+            return [self.word_ids(w) for w in self._words(text)]
+        return [[i] for i in self.encode(text)]
+
+    def __call__(
+        self,
+        texts: Sequence[str] | str,
+        text_pair: Sequence[str] | str | None = None,
+        padding: bool | str = True,
+        truncation: bool | str = True,
+        max_length: int | None = None,
+        return_tensors: str = "pt",
+    ) -> dict[str, torch.Tensor]:
+        """Encode texts (or pairs) into ``input_ids`` (``[B, T, K]`` or ``[B, T]``), ``attention_mask`` and
+        ``token_type_ids`` (``[B, T]``). Padding and truncation as :class:`WordTokenizer`."""
+        who = "TriLetterTokenizer"
+        if return_tensors != "pt":
+            raise ConfigError(f"{who}: only return_tensors='pt' is supported, got {return_tensors!r}")
+        first = _texts(texts, who)
+        second = None if text_pair is None else _texts(text_pair, who)
+        if second is not None and len(second) != len(first):
+            raise ConfigError(f"{who}: {len(first)} texts but {len(second)} text pairs; pass equal lists")
+        n_special = 2 if second is None else 3
+        if max_length is not None and max_length < n_special:
+            raise ConfigError(f"{who}: max_length must be >= {n_special} (the special tokens), got {max_length}")
+        if padding not in (True, "longest", "max_length"):
+            raise ConfigError(f"{who}: padding must be True, 'longest' or 'max_length', got {padding!r}")
+        cls_, sep = [self.CLS_ID], [self.SEP_ID]
+        rows: list[list[list[int]]] = []
+        types: list[list[int]] = []
+        for i, text in enumerate(first):
+            a = self._units(text)
+            b = self._units(second[i]) if second is not None else []
+            if truncation and max_length is not None:
+                room = max_length - n_special
+                b = b[: max(0, room - len(a))]
+                a = a[: room - len(b)]
+            seg_a = [cls_, *a, sep]
+            seg_b = [*b, sep] if second is not None else []
+            rows.append(seg_a + seg_b)
+            types.append([0] * len(seg_a) + [1] * len(seg_b))
+        width = max((len(r) for r in rows), default=0)
+        if padding == "max_length" and max_length is not None:
+            width = max(width, max_length)
+        k = max((len(u) for r in rows for u in r), default=1) if self.sum_words else 1
+        ids = torch.full((len(rows), width, k), self.PAD_ID, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        tt = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, (r, t) in enumerate(zip(rows, types, strict=True)):
+            for j, unit in enumerate(r):
+                ids[i, j, : len(unit)] = torch.tensor(unit, dtype=torch.long)
+            mask[i, : len(r)] = 1
+            tt[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        return {
+            "input_ids": ids if self.sum_words else ids[:, :, 0],
+            "attention_mask": mask,
+            "token_type_ids": tt,
+        }
+
+
 def tiny_bert(
     vocab_size: int,
     hidden: int = 64,
@@ -1280,7 +1644,7 @@ def tiny_bert(
 
 
 def twin_from_tiny_bert(
-    tokenizer: WordTokenizer,
+    tokenizer: WordTokenizer | TriLetterTokenizer,
     hidden: int = 64,
     layers: int = 2,
     heads: int = 2,
