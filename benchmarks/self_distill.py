@@ -36,15 +36,17 @@ def _stats(v: list[float]) -> dict[str, Any]:
 
 
 def _compare(
-    make: Any, train: Any, test: Any, tc: Any, seeds: tuple[int, ...], k: int, lam: float
+    make: Any, train: Any, test: Any, tc: Any, seeds: tuple[int, ...], k: int, lam: float,
+    keys: tuple[str, ...] = ("plain", "sda", "sdv"),
 ) -> dict[str, Any]:
     from torchslim.distillation.methods.self_distill import SelfDistill, self_distill
     from torchslim.train import top1_accuracy
 
-    acc: dict[str, list[float]] = {"plain": [], "sda": [], "sdv": []}
-    secs: dict[str, float] = {"plain": 0.0, "sda": 0.0, "sdv": 0.0}
+    acc: dict[str, list[float]] = {key: [] for key in keys}
+    secs: dict[str, float] = {key: 0.0 for key in keys}
     for seed in seeds:
-        for mode, key in (("none", "plain"), ("sda", "sda"), ("sdv", "sdv")):
+        for key in keys:
+            mode = "none" if key == "plain" else key
             torch.manual_seed(seed)
             m = make()
             tc_seed = tc.model_copy(update={"seed": seed})
@@ -124,7 +126,7 @@ class _Packed(nn.Module):
         return self.clf(input_ids=x[:, 0], attention_mask=x[:, 1])  # type: ignore[no-any-return]
 
 
-def bert(quick: bool) -> dict[str, Any]:
+def bert(quick: bool, lam: float = 1.0, keys: tuple[str, ...] = ("plain", "sda", "sdv")) -> dict[str, Any]:
     from torchslim import data
     from torchslim.distillation.methods.minilm import SentenceClassifier
     from torchslim.train import TrainConfig
@@ -158,7 +160,7 @@ def bert(quick: bool) -> dict[str, Any]:
         e.load_state_dict(state)
         return _Packed(SentenceClassifier(e, c, head_lr_mult=20.0))
 
-    res = _compare(make, train, test_set, tc, seeds, k=3, lam=1.0)
+    res = _compare(make, train, test_set, tc, seeds, k=3, lam=lam, keys=keys)
     res["setup"] = {
         "n_train": n_train, "n_test": n_test, "max_length": max_len, "train": tc.to_dict(), "classes": c,
         "seeds": list(seeds), "model": "MiniLM-L6 (all-MiniLM-L6-v2) + linear head, fine-tuned end to end",
@@ -172,6 +174,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tweets", action="store_true", help="also run the health-tweets part in quick mode")
     ap.add_argument("--bert", action="store_true", help="also run the end-to-end MiniLM fine-tuning part")
     ap.add_argument("--only-bert", action="store_true", help="run only the end-to-end MiniLM part")
+    ap.add_argument("--bert-lam", type=float, default=1.0, help="lambda of the end-to-end part (the head's "
+                    "logits are scaled by head_lr_mult=20, so the MSE term is 400x the paper's at equal lambda)")
+    ap.add_argument("--bert-methods", default="plain,sda,sdv", help="comma-separated subset of plain,sda,sdv")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.quick or args.tweets:
             out["health_tweets"] = tweets(args.quick)
     if not args.quick or args.bert or args.only_bert:
-        out["bert_finetune"] = bert(args.quick)
+        out["bert_finetune"] = bert(args.quick, args.bert_lam, tuple(args.bert_methods.split(",")))
     out["wall_seconds"] = time.time() - t0
     out["environment"] = latency.environment()
     args.out.parent.mkdir(parents=True, exist_ok=True)
