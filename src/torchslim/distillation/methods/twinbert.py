@@ -64,7 +64,7 @@ Example:
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -1345,6 +1345,64 @@ def twinbert_distill(
 
 
 # --------------------------------------------------------------------------- tiny models, no download
+def _encode_units(
+    who: str,
+    units: Callable[[str], list[list[int]]],
+    texts: Sequence[str] | str,
+    text_pair: Sequence[str] | str | None,
+    padding: bool | str,
+    truncation: bool | str,
+    max_length: int | None,
+    return_tensors: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batching shared by the word-level tokenizers: ``[CLS] a [SEP] (b [SEP])`` rows of *units* (each a
+    list of ids: one id per word, or a word's trigram ids), truncated and padded as a ``transformers``
+    tokenizer does. Returns ``(ids [B, T, K], attention_mask [B, T], token_type_ids [B, T])``.
+
+    ``padding``: ``True``/``"longest"`` pads to the longest row, ``"max_length"`` to ``max_length``. With
+    ``truncation`` and ``max_length``, a pair loses units from its second text first (then from the first), a
+    single text from its end; special tokens are always kept.
+    """
+    if return_tensors != "pt":
+        raise ConfigError(f"{who}: only return_tensors='pt' is supported, got {return_tensors!r}")
+    first = _texts(texts, who)
+    second = None if text_pair is None else _texts(text_pair, who)
+    if second is not None and len(second) != len(first):
+        raise ConfigError(f"{who}: {len(first)} texts but {len(second)} text pairs; pass equal lists")
+    n_special = 2 if second is None else 3
+    if max_length is not None and max_length < n_special:
+        raise ConfigError(f"{who}: max_length must be >= {n_special} (the special tokens), got {max_length}")
+    if padding not in (True, "longest", "max_length"):
+        raise ConfigError(f"{who}: padding must be True, 'longest' or 'max_length', got {padding!r}")
+    cls_, sep = [WordTokenizer.CLS_ID], [WordTokenizer.SEP_ID]
+    rows: list[list[list[int]]] = []
+    types: list[list[int]] = []
+    for i, text in enumerate(first):
+        a = units(text)
+        b = units(second[i]) if second is not None else []
+        if truncation and max_length is not None:
+            room = max_length - n_special
+            b = b[: max(0, room - len(a))]
+            a = a[: room - len(b)]
+        seg_a = [cls_, *a, sep]
+        seg_b = [*b, sep] if second is not None else []
+        rows.append(seg_a + seg_b)
+        types.append([0] * len(seg_a) + [1] * len(seg_b))
+    width = max((len(r) for r in rows), default=0)
+    if padding == "max_length" and max_length is not None:
+        width = max(width, max_length)
+    k = max((len(u) for r in rows for u in r), default=1)
+    ids = torch.full((len(rows), width, k), WordTokenizer.PAD_ID, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    tt = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, (r, t) in enumerate(zip(rows, types, strict=True)):
+        for j, unit in enumerate(r):
+            ids[i, j, : len(unit)] = torch.tensor(unit, dtype=torch.long)
+        mask[i, : len(r)] = 1
+        tt[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return ids, mask, tt
+
+
 class WordTokenizer:
     """A whitespace word-level tokenizer over a fixed vocabulary, callable like a ``transformers`` tokenizer.
 
@@ -1410,41 +1468,11 @@ class WordTokenizer:
         With ``truncation`` and ``max_length``, a pair loses words from its second text first (then from the
         first), a single text from its end; special tokens are always kept.
         """
-        if return_tensors != "pt":
-            raise ConfigError(f"WordTokenizer: only return_tensors='pt' is supported, got {return_tensors!r}")
-        first = _texts(texts, "WordTokenizer")
-        second = None if text_pair is None else _texts(text_pair, "WordTokenizer")
-        if second is not None and len(second) != len(first):
-            raise ConfigError(f"WordTokenizer: {len(first)} texts but {len(second)} text pairs; pass equal lists")
-        n_special = 2 if second is None else 3
-        if max_length is not None and max_length < n_special:
-            raise ConfigError(f"WordTokenizer: max_length must be >= {n_special} (the special tokens), got {max_length}")
-        rows: list[list[int]] = []
-        types: list[list[int]] = []
-        for i, text in enumerate(first):
-            a = self.encode(text)
-            b = self.encode(second[i]) if second is not None else []
-            if truncation and max_length is not None:
-                room = max_length - n_special
-                b = b[: max(0, room - len(a))]
-                a = a[: room - len(b)]
-            seg_a = [self.CLS_ID, *a, self.SEP_ID]
-            seg_b = [*b, self.SEP_ID] if second is not None else []
-            rows.append(seg_a + seg_b)
-            types.append([0] * len(seg_a) + [1] * len(seg_b))
-        width = max(len(r) for r in rows) if rows else 0
-        if padding == "max_length" and max_length is not None:
-            width = max(width, max_length)
-        elif padding not in (True, "longest"):
-            raise ConfigError(f"WordTokenizer: padding must be True, 'longest' or 'max_length', got {padding!r}")
-        ids = torch.full((len(rows), width), self.PAD_ID, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        tt = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, (r, t) in enumerate(zip(rows, types, strict=True)):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-            tt[i, : len(t)] = torch.tensor(t, dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
+        ids, mask, tt = _encode_units(
+            "WordTokenizer", lambda t: [[i] for i in self.encode(t)], texts, text_pair, padding, truncation,
+            max_length, return_tensors,
+        )
+        return {"input_ids": ids[:, :, 0], "attention_mask": mask, "token_type_ids": tt}
 
 
 class TriLetterTokenizer:
@@ -1543,44 +1571,9 @@ class TriLetterTokenizer:
     ) -> dict[str, torch.Tensor]:
         """Encode texts (or pairs) into ``input_ids`` (``[B, T, K]`` or ``[B, T]``), ``attention_mask`` and
         ``token_type_ids`` (``[B, T]``). Padding and truncation as :class:`WordTokenizer`."""
-        who = "TriLetterTokenizer"
-        if return_tensors != "pt":
-            raise ConfigError(f"{who}: only return_tensors='pt' is supported, got {return_tensors!r}")
-        first = _texts(texts, who)
-        second = None if text_pair is None else _texts(text_pair, who)
-        if second is not None and len(second) != len(first):
-            raise ConfigError(f"{who}: {len(first)} texts but {len(second)} text pairs; pass equal lists")
-        n_special = 2 if second is None else 3
-        if max_length is not None and max_length < n_special:
-            raise ConfigError(f"{who}: max_length must be >= {n_special} (the special tokens), got {max_length}")
-        if padding not in (True, "longest", "max_length"):
-            raise ConfigError(f"{who}: padding must be True, 'longest' or 'max_length', got {padding!r}")
-        cls_, sep = [self.CLS_ID], [self.SEP_ID]
-        rows: list[list[list[int]]] = []
-        types: list[list[int]] = []
-        for i, text in enumerate(first):
-            a = self._units(text)
-            b = self._units(second[i]) if second is not None else []
-            if truncation and max_length is not None:
-                room = max_length - n_special
-                b = b[: max(0, room - len(a))]
-                a = a[: room - len(b)]
-            seg_a = [cls_, *a, sep]
-            seg_b = [*b, sep] if second is not None else []
-            rows.append(seg_a + seg_b)
-            types.append([0] * len(seg_a) + [1] * len(seg_b))
-        width = max((len(r) for r in rows), default=0)
-        if padding == "max_length" and max_length is not None:
-            width = max(width, max_length)
-        k = max((len(u) for r in rows for u in r), default=1) if self.sum_words else 1
-        ids = torch.full((len(rows), width, k), self.PAD_ID, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        tt = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, (r, t) in enumerate(zip(rows, types, strict=True)):
-            for j, unit in enumerate(r):
-                ids[i, j, : len(unit)] = torch.tensor(unit, dtype=torch.long)
-            mask[i, : len(r)] = 1
-            tt[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        ids, mask, tt = _encode_units(
+            "TriLetterTokenizer", self._units, texts, text_pair, padding, truncation, max_length, return_tensors
+        )
         return {
             "input_ids": ids if self.sum_words else ids[:, :, 0],
             "attention_mask": mask,
