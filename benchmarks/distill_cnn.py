@@ -75,6 +75,23 @@ def _logits(model: nn.Module, x: torch.Tensor, bs: int = 500) -> torch.Tensor:
 
 
 @torch.no_grad()
+def fmnist_with_mnist_ood(n_train: int, n_test: int, n_ood: int) -> tuple[Any, ...]:
+    """A fixed random Fashion-MNIST training subset (seed 0), the first ``n_test`` test images and ``n_ood``
+    MNIST test digits re-normalised with Fashion-MNIST's statistics (the out-of-distribution inputs).
+    Returns ``(train, test, x_test, y_test, x_ood, generator)``; the generator continues the seed-0 stream."""
+    from torchslim import data
+
+    train_full, test = data.fashion_mnist("train"), data.fashion_mnist("test")
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(train_full.images), generator=g)[:n_train]
+    train = TensorDataset(train_full.images[idx].contiguous(), train_full.labels[idx].contiguous())
+    x_test, y_test = test.images[:n_test], test.labels[:n_test]
+    mn = data.mnist("test")
+    raw = mn.images[:n_ood] * float(mn.std) + float(mn.mean)  # type: ignore[arg-type]
+    x_ood = (raw - float(test.mean)) / float(test.std)  # type: ignore[arg-type]
+    return train, test, x_test, y_test, x_ood, g
+
+
 def train_members(make: Any, tc: Any, train: Any, n: int, step_fn: Any = None) -> list[nn.Module]:
     """An ensemble of ``n`` models ``make()``, member ``i`` seeded ``100 + i`` (initialisation and data
     order), trained with ``tc`` (and ``step_fn``, default cross-entropy) on ``train``; returned in eval mode."""
@@ -98,7 +115,7 @@ def _head_logits(model: Any, x: torch.Tensor, bs: int = 500) -> torch.Tensor:
 
 
 def classification(quick: bool) -> dict[str, Any]:
-    from torchslim import data, zoo
+    from torchslim import zoo
     from torchslim.core.cost import profile
     from torchslim.distillation import HintonKD, distill
     from torchslim.distillation.methods.hydra import HydraKD, HydraStudent, disagreement, hydra_distill
@@ -108,14 +125,7 @@ def classification(quick: bool) -> dict[str, Any]:
     n_train, n_test, n_ood = (4000, 2000, 2000) if quick else (20000, 10000, 10000)
     epochs, members_n = (2, 4) if quick else (5, 4)
     teacher = zoo.load("resnet-fmnist", progress=False).eval()
-    train_full, test = data.fashion_mnist("train"), data.fashion_mnist("test")
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(train_full.images), generator=g)[:n_train]
-    train = TensorDataset(train_full.images[idx].contiguous(), train_full.labels[idx].contiguous())
-    x_test, y_test = test.images[:n_test], test.labels[:n_test]
-    mn = data.mnist("test")
-    raw = mn.images[:n_ood] * float(mn.std) + float(mn.mean)  # type: ignore[arg-type]
-    x_ood = (raw - float(test.mean)) / float(test.std)  # type: ignore[arg-type]
+    train, test, x_test, y_test, x_ood, g = fmnist_with_mnist_ood(n_train, n_test, n_ood)
     # second OOD set: uniform-noise images in pixel range [0, 1], Fashion-MNIST normalisation
     x_noise = (torch.rand(n_ood, 1, 28, 28, generator=g) - float(test.mean)) / float(test.std)  # type: ignore[arg-type]
 

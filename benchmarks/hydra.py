@@ -40,26 +40,26 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from benchmarks.distill_cnn import _auroc, _head_logits, _logits, _neg_msp, cnn_body, train_members
+from benchmarks.distill_cnn import (
+    _auroc,
+    _head_logits,
+    _logits,
+    _neg_msp,
+    cnn_body,
+    fmnist_with_mnist_ood,
+    train_members,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "hydra.json"
 
 
 def classification(quick: bool) -> dict[str, Any]:
-    from torchslim import data
     from torchslim.distillation.methods.hydra import HydraKD, HydraStudent, disagreement, hydra_distill
     from torchslim.train import TrainConfig
 
     n_train, n_test, n_ood = (3000, 2000, 2000) if quick else (10000, 5000, 5000)
     epochs, members_n, width, feat = (2, 4, 8, 64) if quick else (3, 4, 12, 96)
-    train_full, test = data.fashion_mnist("train"), data.fashion_mnist("test")
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(train_full.images), generator=g)[:n_train]
-    train = TensorDataset(train_full.images[idx].contiguous(), train_full.labels[idx].contiguous())
-    x_test, y_test = test.images[:n_test], test.labels[:n_test]
-    mn = data.mnist("test")
-    raw = mn.images[:n_ood] * float(mn.std) + float(mn.mean)  # type: ignore[arg-type]
-    x_ood = (raw - float(test.mean)) / float(test.std)  # type: ignore[arg-type]
+    train, test, x_test, y_test, x_ood, _ = fmnist_with_mnist_ood(n_train, n_test, n_ood)
     tc = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, schedule="onecycle", seed=0)
 
     def student() -> nn.Module:
