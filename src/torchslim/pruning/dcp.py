@@ -616,6 +616,15 @@ def dcp_layers(model: nn.Module, example_inputs: tuple[Any, ...], config: DCPCon
     return chosen, skipped
 
 
+def _num_classes(model: nn.Module, example_inputs: tuple[Any, ...], who: str) -> int:
+    """The class count of the model's logits (one no-grad forward); the auxiliary heads predict these classes."""
+    with torch.no_grad():
+        out = model(*example_inputs)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ConfigError(f"{who}: the model must return [N, num_classes] logits")
+    return int(out.shape[1])
+
+
 def _aux_head(layer: nn.Module, num_classes: int) -> nn.Module:
     if isinstance(layer, nn.Conv2d):
         c = layer.out_channels
@@ -720,11 +729,7 @@ def dcp_select_(model: nn.Module, config: DCPConfig, data: Dataset[Any], example
         raise ConfigError(f"DCP: no prunable group read only by plain Conv2d/Linear layers; skipped: {skipped}")
     was = model.training
     model.eval()
-    with torch.no_grad():
-        out = model(*example_inputs)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ConfigError("DCP: the model must return [N, num_classes] logits")
-    num_classes = int(out.shape[1])
+    num_classes = _num_classes(model, example_inputs, "DCP")
     heads = {path: _aux_head(model.get_submodule(path), num_classes) for _, paths in layers for path in paths}
 
     # 1. fine-tune with the discrimination-aware (auxiliary) losses
@@ -933,13 +938,9 @@ def dkp_select_(model: nn.Module, config: DKPConfig, data: Dataset[Any], example
         raise ConfigError(f"DKP: no Conv2d with groups=1 to prune; skipped: {skipped}")
     was = model.training
     model.eval()
-    with torch.no_grad():
-        out = model(*example_inputs)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ConfigError("DKP: the model must return [N, num_classes] logits")
+    num_classes = _num_classes(model, example_inputs, "DKP")
     order = _forward_order(model, example_inputs)
     layers.sort(key=lambda p: order.get(p, 1 << 30))
-    num_classes = int(out.shape[1])
     heads = {path: _aux_head(model.get_submodule(path), num_classes) for path in layers}
     _aux_finetune(model, heads, config.aux_weight, config.aux_train, config.aux_backbone, data, progress)
 
